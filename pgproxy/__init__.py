@@ -1,0 +1,3 @@
+"""pgproxy: an identity-aware PostgreSQL wire proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""The ``pgproxy`` command: ``run``, ``demo`` and ``token``.
+
+Parses arguments and hands off; the work lives in ``app``, ``demo`` and ``auth.demo_issuer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pgproxy.config import Settings, SettingsError, load_settings
+
+# Flags for `pgproxy run`, one per setting; values default to None so env/config-file values win.
+RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "listen": {"metavar": "HOST:PORT"},
+    "upstream": {"metavar": "DSN"},
+    "tls_cert": {"metavar": "PEM", "type": Path},
+    "tls_key": {"metavar": "PEM", "type": Path},
+    "oidc_issuer": {"metavar": "URL"},
+    "oidc_audience": {"metavar": "AUD[,AUD]"},
+    "oidc_jwks": {"metavar": "URL|FILE"},
+    "oidc_algorithms": {"metavar": "ALG[,ALG]"},
+    "groups_claim": {"metavar": "CLAIM"},
+    "allow_plaintext_loopback": {"action": "store_const", "const": True},
+    "session_outlives_token": {"action": "store_const", "const": True},
+    "max_message_bytes": {"metavar": "N", "type": int},
+    "shutdown_grace_seconds": {"metavar": "S", "type": float},
+    "startup_timeout_seconds": {"metavar": "S", "type": float},
+    "log_level": {"metavar": "LEVEL"},
+}
+
+
+def default_state_dir() -> Path:
+    if "PGPROXY_STATE_DIR" in os.environ:
+        return Path(os.environ["PGPROXY_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pgproxy"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgproxy", description="Identity-aware PostgreSQL access proxy")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("--config", type=Path, metavar="TOML", help="config file (flags and env override it)")
+    for name, options in RUN_FLAGS.items():
+        field = Settings.model_fields[name]
+        run.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                         help=f"{field.description} [PGPROXY_{name.upper()}]", **options)
+
+    demo = commands.add_parser("demo", help="embedded PostgreSQL + sample data + pgproxy on 127.0.0.1:6432")
+    demo.add_argument("--port", type=int, default=6432)
+    demo.add_argument("--state-dir", type=Path, default=None, help="where the demo key and cert live")
+
+    token = commands.add_parser("token", help="mint a token signed by the demo issuer")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--email")
+    token.add_argument("--name")
+    token.add_argument("--group", action="append", default=[], dest="groups")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--state-dir", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    state_dir = args.state_dir or default_state_dir()
+    if args.command == "demo":
+        from pgproxy.app import configure_logging  # noqa: PLC0415
+        from pgproxy.demo import run_demo  # noqa: PLC0415
+
+        configure_logging("WARNING")
+        run_demo(state_dir, args.port)
+        return 0
+    from pgproxy.auth.demo_issuer import DemoIssuer  # noqa: PLC0415
+
+    issuer = DemoIssuer.load_or_create(state_dir / "issuer")
+    print(issuer.mint(args.sub, email=args.email, name=args.name, groups=args.groups, ttl_seconds=args.ttl))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in RUN_FLAGS}
+    try:
+        settings = load_settings(overrides, args.config)
+    except SettingsError as exc:
+        print(f"pgproxy: {exc}", file=sys.stderr)
+        return 2
+    from pgproxy.app import configure_logging, run_loop, serve  # noqa: PLC0415
+
+    configure_logging(settings.log_level)
+    run_loop(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""pgproxy's settings: flags, ``PGPROXY_*`` environment variables or a TOML config file.
+
+Precedence: command-line flags, then environment, then the config file, then defaults. Every
+setting is validated when pgproxy starts; an invalid one stops it with a message naming the
+setting, its flag and its environment variable. Loading only: nothing here opens sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pgproxy.dsn import DSNError, UpstreamTarget, parse_dsn
+
+
+class SettingsError(Exception):
+    """Settings are invalid; the message names each offending setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PGPROXY_", extra="forbid", validate_default=True)
+    config_file: ClassVar[Path | None] = None
+
+    listen: str = Field("127.0.0.1:6432", description="address:port clients connect to")
+    upstream: str = Field(description="PostgreSQL connection string pgproxy logs in with (its own role)")
+    tls_cert: Path | None = Field(None, description="certificate (PEM) presented to clients")
+    tls_key: Path | None = Field(None, description="private key (PEM) for --tls-cert")
+    oidc_issuer: str = Field(description="expected `iss` of client tokens")
+    oidc_audience: Annotated[list[str], NoDecode] = Field(description="accepted `aud` values (comma separated)")
+    oidc_jwks: str | None = Field(None, description="JWKS URL or file; default: discovered from the issuer")
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(
+        ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"],
+        description="accepted token signature algorithms (asymmetric only)",
+    )
+    groups_claim: str = Field("groups", description="claim (dotted path allowed) holding the caller's groups")
+    allow_plaintext_loopback: bool = Field(False, description="accept unencrypted clients on loopback")
+    session_outlives_token: bool = Field(False, description="keep sessions open after the token expires")
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest client message accepted")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight statements get on shutdown")
+    startup_timeout_seconds: float = Field(60.0, gt=0, description="time a client has to log in")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+    @field_validator("oidc_audience", "oidc_algorithms", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        try:
+            parse_dsn(value)
+        except DSNError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg.lower() == "none" or alg.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"symmetric or unsigned algorithms are never accepted: {', '.join(bad)}")
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value
+
+    @field_validator("oidc_audience")
+    @classmethod
+    def _check_audience(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one audience is required")
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_cert is None and not self.allow_plaintext_loopback:
+            raise ValueError(
+                "no client could connect: give tls_cert and tls_key, or allow_plaintext_loopback"
+            )
+        return self
+
+    @property
+    def upstream_target(self) -> UpstreamTarget:
+        return parse_dsn(self.upstream)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    if host not in ("localhost", "*"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not host.replace("-", "").replace(".", "").isalnum():
+                raise ValueError(f"invalid listen host {host!r}") from None
+    return ("0.0.0.0" if host == "*" else host), int(port_text)
+
+
+def load_settings(overrides: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Build settings from flags (``overrides``), environment and ``config_file``; explain failures."""
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file not found: {config_file}")
+    Settings.config_file = config_file
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+    finally:
+        Settings.config_file = None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = f"--{name.replace('_', '-')} / PGPROXY_{name.upper()}" if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {name!r} ({where}): {message}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""``pgproxy demo``: a throwaway PostgreSQL with sample data, a local token issuer, pgproxy in front.
+
+Everything a new user needs to see pgproxy work on a bare machine: the database comes from the
+``pgserver`` wheel, tokens are signed by a demo key kept in the state directory, and the printed
+``psql`` command is ready to paste. Not for production: the issuer key lives on local disk.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import asyncpg
+
+from pgproxy.app import serve
+from pgproxy.auth.demo_issuer import DemoIssuer
+from pgproxy.config import Settings, load_settings
+from pgproxy.devcerts import write_self_signed
+from pgproxy.embedded import EmbeddedPostgres
+
+DEMO_DATABASE = "demo"
+DEMO_ROLE = "pgproxy_demo"  # pgproxy's upstream login: owns the demo data, never a superuser
+
+SAMPLE_SCHEMA = """
+CREATE TABLE customers (
+    id          serial PRIMARY KEY,
+    name        text NOT NULL,
+    email       text NOT NULL UNIQUE,
+    national_id text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE orders (
+    id          serial PRIMARY KEY,
+    customer_id integer NOT NULL REFERENCES customers(id),
+    amount      numeric(10, 2) NOT NULL,
+    status      text NOT NULL DEFAULT 'placed',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO customers (name, email, national_id) VALUES
+    ('Ada Lovelace', 'ada@example.com', '123-45-6789'),
+    ('Grace Hopper', 'grace@example.org', '987-65-4321'),
+    ('Alan Turing', 'alan@example.net', '555-12-3456');
+INSERT INTO orders (customer_id, amount, status)
+    SELECT 1 + (n % 3), round((random() * 200)::numeric, 2), (ARRAY['placed','shipped','returned'])[1 + n % 3]
+    FROM generate_series(1, 30) AS n;
+"""
+
+
+async def prepare_database(pg: EmbeddedPostgres) -> None:
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", DEMO_ROLE):
+            await admin.execute(f"CREATE ROLE {DEMO_ROLE} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE):
+            await admin.execute(f"CREATE DATABASE {DEMO_DATABASE} OWNER {DEMO_ROLE}")
+    finally:
+        await admin.close()
+    owner = await asyncpg.connect(pg.dsn_for(DEMO_ROLE, DEMO_DATABASE))
+    try:
+        if not await owner.fetchval("SELECT to_regclass('public.customers') IS NOT NULL"):
+            await owner.execute(SAMPLE_SCHEMA)
+    finally:
+        await owner.close()
+
+
+def demo_settings(pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, port: int) -> Settings:
+    cert, key = write_self_signed(state_dir / "tls")
+    return load_settings(
+        {
+            "listen": f"127.0.0.1:{port}",
+            "upstream": pg.dsn_for(DEMO_ROLE, DEMO_DATABASE) + "?sslmode=disable",
+            "tls_cert": cert,
+            "tls_key": key,
+            "oidc_issuer": issuer.issuer,
+            "oidc_audience": issuer.audience,
+            "oidc_jwks": str(issuer.jwks_path),
+            "allow_plaintext_loopback": True,
+            "shutdown_grace_seconds": 5,
+        }
+    )
+
+
+def psql_command(token: str, port: int, user: str) -> str:
+    conninfo = f"host=127.0.0.1 port={port} dbname={DEMO_DATABASE} user={user} sslmode=require"
+    return f"PGPASSWORD={shlex.quote(token)} psql {shlex.quote(conninfo)}"
+
+
+def run_demo(state_dir: Path, port: int) -> None:
+    """Start everything, print how to connect, serve until Ctrl-C, then clean up the database."""
+    from pgproxy.app import run_loop  # noqa: PLC0415 -- keep import-time light for `pgproxy --help`
+
+    issuer = DemoIssuer.load_or_create(state_dir / "issuer")
+    pg = EmbeddedPostgres()
+    pg.start()
+    try:
+        run_loop(prepare_database(pg))
+        settings = demo_settings(pg, issuer, state_dir, port)
+        token = issuer.mint("agent-x", email="agent-x@example.com", name="Agent X", groups=["agents"])
+
+        async def announce() -> None:
+            print("pgproxy demo is running. Connect as the demo agent with:\n")
+            print("  " + psql_command(token, port, "agent-x") + "\n")
+            print(f"Mint other identities with: pgproxy token --sub NAME --email NAME@example.com "
+                  f"--group GROUP --state-dir {shlex.quote(str(state_dir))}")
+            print("Press Ctrl-C to stop (the demo database is discarded).", flush=True)
+
+        run_loop(serve(settings, ready=announce()))
+    finally:
+        pg.stop()
+

@@ -1,0 +1,85 @@
+"""The listening socket, the set of live connections, and graceful shutdown.
+
+On shutdown the listener stops accepting, asks every session to end at its next idle moment
+(in-flight statements finish), waits up to the grace period, then closes whatever remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from pgproxy.server.connection import ClientConnection, ProxyContext
+from pgproxy.server.endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+class ProxyServer:
+    def __init__(self, context: ProxyContext, host: str, port: int, *, reuse_port: bool = False) -> None:
+        self.context = context
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self.connections: set[ClientConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._emptied = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, self.host, self.port, reuse_port=self.reuse_port or None, backlog=1024
+        )
+        sockets = self._server.sockets
+        if self.port == 0 and sockets:
+            self.port = sockets[0].getsockname()[1]
+        for sock in sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("pgproxy listening on %s:%d, upstream %s", self.host, self.port,
+                 self.context.upstream.describe())
+
+    def _accept(self) -> Endpoint:
+        connection = ClientConnection(self.context, self._forget)
+        self.connections.add(connection)
+        self._emptied.clear()
+        return connection.endpoint
+
+    def _forget(self, connection: ClientConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._emptied.set()
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop accepting; let in-flight statements finish for up to ``grace_seconds``; close the rest."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.shutdown(grace=True)
+        if self.connections:
+            try:
+                async with asyncio.timeout(grace_seconds):
+                    await self._emptied.wait()
+            except TimeoutError:
+                log.warning("grace period over; closing %d busy session(s)", len(self.connections))
+        for connection in list(self.connections):
+            connection.shutdown(grace=False)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)  # let transports flush their final error messages
+
+    async def run_until_signalled(self, grace_seconds: float) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+            log.info("signal received: shutting down (grace %.0fs)", grace_seconds)
+            await self.shutdown(grace_seconds)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

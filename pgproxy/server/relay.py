@@ -1,0 +1,156 @@
+"""The established-session relay: frame both directions, forward complete messages, track idleness.
+
+Hot path. Each chunk read is framed (so later stages can see whole messages) and the complete
+messages are forwarded in one ``write`` without copying or decoding them. The relay counts the
+requests that expect a ReadyForQuery (Query, Sync, FunctionCall) so it knows when the session is
+idle — the only safe moment to end it for shutdown or token expiry. Flow control: when one side's
+write buffer fills, reading from the other side stops until it drains, so a slow client never
+makes pgproxy hold a whole result set in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pgproxy.server.endpoint import Endpoint, RelaySink
+from pgproxy.wire import backend as be
+from pgproxy.wire.errors import ProtocolError
+from pgproxy.wire.framing import MessageFramer
+
+log = logging.getLogger(__name__)
+
+_QUERY, _SYNC, _FUNCTION_CALL, _TERMINATE = ord("Q"), ord("S"), ord("F"), ord("X")
+_READY_FOR_QUERY = ord("Z")
+# A server message can legitimately be as large as 1 GB (a huge DataRow); the client limit is ours.
+UPSTREAM_MESSAGE_LIMIT = 1 << 30
+
+
+class Relay:
+    """Connects a client endpoint and an upstream endpoint once both are past startup."""
+
+    def __init__(
+        self,
+        client: Endpoint,
+        upstream: Endpoint,
+        *,
+        max_client_message: int,
+        on_finished: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.awaiting_ready = 0  # requests sent upstream whose ReadyForQuery has not come back
+        self.transaction_status = "I"
+        self._client_framer = MessageFramer(max_client_message)
+        self._upstream_framer = MessageFramer(UPSTREAM_MESSAGE_LIMIT)
+        self._on_finished = on_finished
+        self._finished = False
+        self._end_when_idle: be.ErrorResponse | None = None
+        self.client_terminated = False
+
+    def start(self, client_leftover: bytes, upstream_leftover: bytes) -> None:
+        client_pending = self.client.attach(
+            RelaySink(self.from_client, self._closed, self._pause(self.upstream), self._resume(self.upstream))
+        )
+        upstream_pending = self.upstream.attach(
+            RelaySink(self.from_upstream, self._closed, self._pause(self.client), self._resume(self.client))
+        )
+        if self.client.closed or self.upstream.closed:
+            self.finish()
+            return
+        if upstream_leftover or upstream_pending:
+            self.from_upstream(upstream_leftover + upstream_pending)
+        if client_leftover or client_pending:
+            self.from_client(client_leftover + client_pending)
+
+    @property
+    def idle(self) -> bool:
+        return self.awaiting_ready == 0
+
+    # -- client → upstream ---------------------------------------------------------------------
+    def from_client(self, data: bytes) -> None:
+        try:
+            complete, frames = self._client_framer.feed(data)
+        except ProtocolError as exc:
+            self.fail_client(exc.sqlstate, exc.message)
+            return
+        awaiting = self.awaiting_ready
+        for frame in frames:
+            kind = frame.type
+            if kind == _QUERY or kind == _SYNC or kind == _FUNCTION_CALL:  # noqa: PLR1714 -- hot path
+                awaiting += 1
+            elif kind == _TERMINATE:
+                self.client_terminated = True
+        self.awaiting_ready = awaiting
+        if complete:
+            self.upstream.write(complete)
+
+    # -- upstream → client ---------------------------------------------------------------------
+    def from_upstream(self, data: bytes) -> None:
+        try:
+            complete, frames = self._upstream_framer.feed(data)
+        except ProtocolError as exc:
+            log.error("upstream protocol error: %s", exc.message)
+            self.fail_client("08P01", "pgproxy received an invalid message from the server")
+            return
+        for frame in frames:
+            if frame.type == _READY_FOR_QUERY:
+                if self.awaiting_ready:
+                    self.awaiting_ready -= 1
+                self.transaction_status = chr(complete[frame.start])
+        if complete:
+            self.client.write(complete)
+        if self._end_when_idle is not None and self.awaiting_ready == 0:
+            self._end(self._end_when_idle)
+
+    # -- ending --------------------------------------------------------------------------------
+    def end_when_idle(self, error: be.ErrorResponse) -> None:
+        """Send ``error`` (FATAL) and close as soon as no request is in flight."""
+        if self.awaiting_ready == 0:
+            self._end(error)
+        else:
+            self._end_when_idle = error
+
+    def end_now(self, error: be.ErrorResponse) -> None:
+        self._end(error)
+
+    def fail_client(self, sqlstate: str, message: str) -> None:
+        self._end(be.ErrorResponse.build("FATAL", sqlstate, message))
+
+    def _end(self, error: be.ErrorResponse) -> None:
+        if self._finished:
+            return
+        self.client.write(error.encode())
+        self.finish()
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if not self.upstream.closed:
+            if not self.client_terminated:
+                self.upstream.write(b"X\x00\x00\x00\x04")  # Terminate: end the backend cleanly
+            self.upstream.close()
+        self.client.close()
+        self._on_finished()
+
+    def _closed(self, exc: Exception | None) -> None:
+        self.finish()
+
+    @staticmethod
+    def _pause(other: Endpoint) -> Callable[[], None]:
+        """Backpressure: this side's write buffer is full, so stop reading from the other side."""
+
+        def pause() -> None:
+            if other.transport is not None and not other.transport.is_closing():
+                other.transport.pause_reading()
+
+        return pause
+
+    @staticmethod
+    def _resume(other: Endpoint) -> Callable[[], None]:
+        def resume() -> None:
+            if other.transport is not None and not other.transport.is_closing():
+                other.transport.resume_reading()
+
+        return resume
