@@ -69,4 +69,4 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         import uvloop  # noqa: PLC0415 -- optional dependency
     except ImportError:
         return asyncio.run(main)
-    return uvloop.run(main)  # type: ignore[no-any-return]
+    return uvloop.run(main)

@@ -1,8 +1,9 @@
 """Map the cancel keys pgproxy hands to clients onto the upstream backends behind them.
 
-Each client session gets its own BackendKeyData from pgproxy (never the upstream's), so a client
-can only cancel its own statement and never learns upstream backend ids. The registry is
-in-memory per process. It performs no I/O; ``pgproxy.server.upstream.send_cancel`` does.
+Each client gets BackendKeyData with the upstream backend's process id (so it agrees with
+``pg_backend_pid()`` and with the pid in NotificationResponse) but a secret minted by pgproxy: the
+upstream secret never leaves pgproxy, and a client can only cancel its own statements. The
+registry is in-memory per process. It performs no I/O; ``pgproxy.server.upstream.send_cancel`` does.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import secrets
 from dataclasses import dataclass
 
 from pgproxy.dsn import UpstreamTarget
-
-_MAX_PROCESS_ID = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +27,10 @@ class CancelRegistry:
         self._entries: dict[int, tuple[bytes, UpstreamKey]] = {}
 
     def register(self, upstream: UpstreamKey) -> tuple[int, bytes]:
-        """Issue a fresh (process id, secret) for a client and remember where it points."""
-        while True:
-            process_id = secrets.randbelow(_MAX_PROCESS_ID) + 1
-            if process_id not in self._entries:
-                break
+        """Issue the client's (process id, secret) for an upstream backend and remember it."""
         secret = secrets.token_bytes(4)
-        self._entries[process_id] = (secret, upstream)
-        return process_id, secret
+        self._entries[upstream.process_id] = (secret, upstream)
+        return upstream.process_id, secret
 
     def unregister(self, process_id: int) -> None:
         self._entries.pop(process_id, None)

@@ -29,6 +29,7 @@ from pgproxy.session.params import ClientStartup, StartupRefused, stamped_applic
 from pgproxy.session.upstream import UpstreamLoginError
 from pgproxy.wire import backend as be
 from pgproxy.wire.errors import ProtocolError
+from pgproxy.wire.frontend import StartupMessage
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,10 @@ class ClientConnection:
             raise ConnectionClosed(f"TLS handshake failed: {exc}") from exc
         if transport is None:
             raise ConnectionClosed("TLS handshake failed")
-        self.endpoint.upgrade(transport)  # type: ignore[arg-type]
+        self.endpoint.upgrade(transport)
         self._handshake.tls_established()
 
-    def _accept_startup(self, message: hs.fe.StartupMessage) -> None:
+    def _accept_startup(self, message: StartupMessage) -> None:
         if not self._handshake.tls_active and not (
             self.context.allow_plaintext_loopback and is_loopback(self.peer)
         ):

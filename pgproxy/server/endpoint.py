@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 # Bound what a peer can make us buffer before a relay is attached (startup phase only).
 HANDSHAKE_BUFFER_LIMIT = 256 * 1024
@@ -48,8 +49,8 @@ class Endpoint(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         if self._on_connected is not None:
             self._on_connected(self)
 

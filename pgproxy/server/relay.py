@@ -20,7 +20,9 @@ from pgproxy.wire.framing import MessageFramer
 
 log = logging.getLogger(__name__)
 
-_QUERY, _SYNC, _FUNCTION_CALL, _TERMINATE = ord("Q"), ord("S"), ord("F"), ord("X")
+# Client messages each answered by exactly one ReadyForQuery: Query, Sync, FunctionCall.
+_EXPECTS_READY = frozenset(b"QSF")
+_TERMINATE = ord("X")
 _READY_FOR_QUERY = ord("Z")
 # A server message can legitimately be as large as 1 GB (a huge DataRow); the client limit is ours.
 UPSTREAM_MESSAGE_LIMIT = 1 << 30
@@ -77,7 +79,7 @@ class Relay:
         awaiting = self.awaiting_ready
         for frame in frames:
             kind = frame.type
-            if kind == _QUERY or kind == _SYNC or kind == _FUNCTION_CALL:  # noqa: PLR1714 -- hot path
+            if kind in _EXPECTS_READY:
                 awaiting += 1
             elif kind == _TERMINATE:
                 self.client_terminated = True

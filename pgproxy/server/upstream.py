@@ -48,7 +48,7 @@ async def _connect(target: UpstreamTarget) -> tuple[Endpoint, bool]:
         hostname = target.host if context.check_hostname else None
         tls_transport = await loop.start_tls(endpoint.transport, endpoint, context, server_hostname=hostname)
         assert tls_transport is not None
-        endpoint.upgrade(tls_transport)  # type: ignore[arg-type]
+        endpoint.upgrade(tls_transport)
         return endpoint, True
     if answer[:1] == b"N" and len(answer) == 1 and not tls_required(target):
         return endpoint, False
@@ -80,7 +80,7 @@ async def open_upstream(
                     if reply is not None:
                         endpoint.write(reply)
                     if login.state is LoginState.READY:
-                        rest = complete[frames[index].end :] if index + 1 < len(frames) else b""
+                        rest = complete[frame.end :] if index + 1 < len(frames) else b""
                         return UpstreamSession(endpoint, login, rest + framer.take_pending())
         except (UpstreamLoginError, ProtocolError, ConnectionClosed, asyncio.CancelledError, TimeoutError):
             endpoint.abort()

@@ -28,7 +28,7 @@ class Phase(enum.Enum):
     NEGOTIATING = "negotiating"  # SSLRequest / GSSENCRequest / StartupMessage / CancelRequest expected
     TLS_PENDING = "tls_pending"  # answered 'S'; waiting for the driver to finish the TLS handshake
     STARTED = "started"  # startup packet received; the driver decides what to ask
-    AWAITING_PASSWORD = "awaiting_password"
+    AWAITING_PASSWORD = "awaiting_password"  # noqa: S105 -- a state name, not a secret
     DONE = "done"
 
 

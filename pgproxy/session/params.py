@@ -81,10 +81,7 @@ def parse_options(options: str) -> list[tuple[str, str]]:
         if word == "-c" and index + 1 < len(words):
             assignment = words[index + 1]
             index += 2
-        elif word.startswith("-c") and len(word) > 2:
-            assignment = word[2:]
-            index += 1
-        elif word.startswith("--"):
+        elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
             assignment = word[2:]
             index += 1
         else:

@@ -1,0 +1,5 @@
+pytest_plugins = [
+    "tests.support.idp_plugin",
+    "tests.support.pg_plugin",
+    "tests.support.proxy_plugin",
+]
