@@ -271,7 +271,7 @@ def warm_up(options: Options, targets: Sequence[Target], workdir: Path) -> None:
 def _describe(index: int, total: int, run: Measurement) -> str:
     cpu = f", CPU {run.cpu_us_per_query:.1f} µs/q" if run.cpu_us_per_query is not None else ""
     return (
-        f"[{index}/{total}] {run.config.label:<14} {run.target:<9} "
+        f"[{index:>{len(str(total))}}/{total}] {run.config.label:<14} {run.target:<9} "
         f"{run.result.tps:9.0f} tps  {run.result.latency_ms:.3f} ms{cpu}"
     )
 

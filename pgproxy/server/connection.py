@@ -272,7 +272,7 @@ class ClientConnection:
         error = be.ErrorResponse.build("FATAL", "57P01", "terminating connection: pgproxy is shutting down")
         if self.relay is not None:
             if grace:
-                self.relay.end_when_idle(error)
+                self.relay.end_when_idle(error, let_transaction_finish=True)
             else:
                 self.relay.end_now(error)
         elif self._task is not None and not self._task.done():

@@ -48,6 +48,7 @@ class Relay:
         self._on_finished = on_finished
         self._finished = False
         self._end_when_idle: be.ErrorResponse | None = None
+        self._end_waits_for_transaction = False
         self.client_terminated = False
 
     def start(self, client_leftover: bytes, upstream_leftover: bytes) -> None:
@@ -102,16 +103,22 @@ class Relay:
                 self.transaction_status = chr(complete[frame.start])
         if complete:
             self.client.write(complete)
-        if self._end_when_idle is not None and self.awaiting_ready == 0:
+        if self._end_when_idle is not None and self._ending_point():
             self._end(self._end_when_idle)
 
     # -- ending --------------------------------------------------------------------------------
-    def end_when_idle(self, error: be.ErrorResponse) -> None:
-        """Send ``error`` (FATAL) and close as soon as no request is in flight."""
-        if self.awaiting_ready == 0:
+    def end_when_idle(self, error: be.ErrorResponse, *, let_transaction_finish: bool = False) -> None:
+        """Send ``error`` (FATAL) and close once no request is in flight (and, if asked, no transaction)."""
+        self._end_waits_for_transaction = let_transaction_finish
+        if self._ending_point():
             self._end(error)
         else:
             self._end_when_idle = error
+
+    def _ending_point(self) -> bool:
+        if self.awaiting_ready:
+            return False
+        return not self._end_waits_for_transaction or self.transaction_status == "I"
 
     def end_now(self, error: be.ErrorResponse) -> None:
         self._end(error)

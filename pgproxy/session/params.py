@@ -126,9 +126,15 @@ def vet_startup(parameters: tuple[tuple[str, str], ...]) -> ClientStartup:
 
 
 def stamped_application_name(identity_display: str, client_application: str | None) -> str:
-    """``agent-x via pgproxy`` (plus the client's own name) so pg_stat_activity shows who is behind it."""
-    stamp = f"{identity_display} via pgproxy"
+    """``agent-x via pgproxy (psql)`` so pg_stat_activity shows who is behind each connection.
+
+    The server keeps 63 bytes. The client's own name is cut first, then the identity, so that
+    " via pgproxy" always survives and marks the session as proxied.
+    """
+    marker = " via pgproxy"
+    room = APPLICATION_NAME_MAX - len(marker.encode())
+    identity = identity_display.encode()[:room].decode(errors="ignore")
+    stamp = f"{identity}{marker}"
     if client_application:
         stamp = f"{stamp} ({client_application})"
-    # The identity must survive the server's truncation; the client's own name is cut first.
-    return stamp[:APPLICATION_NAME_MAX]
+    return stamp.encode()[:APPLICATION_NAME_MAX].decode(errors="ignore")

@@ -1,0 +1,151 @@
+"""The ``pgproxy`` command as a user runs it: settings errors, ``run`` with SIGTERM, ``token``, ``demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgproxy.auth.demo_issuer import DemoIssuer
+from pgproxy.auth.oidc import TokenVerifier
+from tests.support.fake_idp import FakeIdP
+from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
+
+pytestmark = pytest.mark.integration
+PGPROXY = [sys.executable, "-m", "pgproxy.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PGPROXY_")}
+    return env | extra
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--listen", "nonsense"], "listen"),
+        (["--upstream", "mysql://x"], "upstream"),
+        (["--oidc-algorithms", "HS256"], "oidc_algorithms"),
+        (["--tls-cert", "/does/not/exist.pem", "--tls-key", "/does/not/exist.key"], "tls_cert"),
+        (["--allow-plaintext-loopback", "--max-message-bytes", "12"], "max_message_bytes"),
+    ],
+)
+def test_invalid_settings_fail_at_start_naming_the_setting(arguments: list[str], named: str) -> None:
+    base = ["--upstream", "postgresql://u@127.0.0.1/db", "--oidc-issuer", "https://idp.example",
+            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback"]
+    result = subprocess.run([*PGPROXY, "run", *base, *arguments], capture_output=True, text=True,
+                            timeout=60, env=clean_env(), check=False)
+    assert result.returncode == 2
+    assert f"invalid setting '{named}'" in result.stderr
+
+
+def test_missing_required_settings_are_named() -> None:
+    result = subprocess.run([*PGPROXY, "run"], capture_output=True, text=True, timeout=60, env=clean_env(),
+                            check=False)
+    assert result.returncode == 2
+    for name in ("upstream", "oidc_issuer", "oidc_audience"):
+        assert f"invalid setting '{name}'" in result.stderr
+
+
+def test_run_from_environment_and_config_file_then_sigterm(
+    postgres: RealPostgres, fake_idp: FakeIdP, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "pgproxy.toml"
+    config.write_text(f'listen = "127.0.0.1:{port}"\noidc_audience = "{fake_idp.audience}"\n'
+                      'allow_plaintext_loopback = true\nshutdown_grace_seconds = 5\n')
+    env = clean_env(PGPROXY_UPSTREAM=postgres.dsn(UPSTREAM_ROLE) + "?sslmode=disable",
+                    PGPROXY_OIDC_ISSUER=fake_idp.issuer, PGPROXY_OIDC_JWKS=fake_idp.jwks_url)
+    process = subprocess.Popen([*PGPROXY, "run", "--config", str(config)], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, process)
+        conninfo = f"host=127.0.0.1 port={port} dbname=pgproxy_test user=cli sslmode=disable"
+        with psycopg.connect(conninfo, password=fake_idp.mint("cli-user", email="cli@example.com")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (UPSTREAM_ROLE,)
+            process.send_signal(signal.SIGTERM)
+            # The open transaction may finish: pgproxy only ends the session once it is idle.
+            time.sleep(0.5)
+            assert conn.execute("SELECT 'in the same transaction'").fetchone() == ("in the same transaction",)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert "shutting down" in stderr
+    token_fragment = fake_idp.mint("cli-user")[:40]
+    assert token_fragment not in stderr
+
+
+def test_token_command_mints_a_verifiable_demo_token(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*PGPROXY, "token", "--sub", "dba-1", "--email", "dba@example.com", "--group", "dbas",
+         "--group", "oncall", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    token = result.stdout.strip()
+    issuer = DemoIssuer.load_or_create(tmp_path / "issuer")
+    identity = asyncio.run(TokenVerifier(issuer.oidc_config()).verify(token))
+    assert (identity.subject, identity.email, identity.groups) == ("dba-1", "dba@example.com", ("dbas", "oncall"))
+
+
+def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen([*PGPROXY, "demo", "--port", str(port), "--state-dir", str(tmp_path)],
+                               env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        command = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not command:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, process.communicate()[1]
+            if "psql" in line and "PGPASSWORD=" in line:
+                command = line.strip()
+        match = re.fullmatch(r"PGPASSWORD=(\S+) psql '(.+)'", command)
+        assert match, command
+        token, conninfo = match.group(1).strip("'"), match.group(2)
+        result = subprocess.run(
+            ["psql", "-X", "-At", conninfo, "-c",
+             "SELECT count(*) FROM customers; SELECT application_name FROM pg_stat_activity "
+             "WHERE pid = pg_backend_pid()"],
+            env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["3", "agent-x@example.com via pgproxy (psql)"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
