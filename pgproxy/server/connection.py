@@ -216,6 +216,12 @@ class ClientConnection:
         except (OSError, TimeoutError) as exc:
             log.error("cannot reach upstream %s: %s", target.describe(), exc)
             raise Refusal("08006", "pgproxy could not connect to the database server") from exc
+        except ConnectionClosed as exc:
+            log.error("upstream %s closed the connection during login", target.describe())
+            raise Refusal("08006", "the database server closed the connection during login") from exc
+        except ProtocolError as exc:
+            log.error("upstream %s sent an invalid message during login: %s", target.describe(), exc.message)
+            raise Refusal("08P01", "pgproxy received an invalid message from the database server") from exc
         key = upstream.login.backend_key
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _EXPECTS_READY = frozenset(b"QSF")
 _TERMINATE = ord("X")
 _READY_FOR_QUERY = ord("Z")
+_TRANSACTION_STATES = frozenset(b"ITE")
+# Every message type a server may send after startup (protocol 3.0). Anything else fails closed:
+# the client must never receive bytes pgproxy could not have framed and inspected.
+_BACKEND_TYPES = frozenset(b"RK23CdcGHWDIEVvnNAtS1sZT")
 # A server message can legitimately be as large as 1 GB (a huge DataRow); the client limit is ours.
 UPSTREAM_MESSAGE_LIMIT = 1 << 30
 
@@ -93,18 +97,27 @@ class Relay:
         try:
             complete, frames = self._upstream_framer.feed(data)
         except ProtocolError as exc:
-            log.error("upstream protocol error: %s", exc.message)
-            self.fail_client("08P01", "pgproxy received an invalid message from the server")
+            self._upstream_violation(exc.message)
             return
-        for frame in frames:
-            if frame.type == _READY_FOR_QUERY:
+        for kind, start, end in frames:
+            if kind not in _BACKEND_TYPES:
+                self._upstream_violation(f"unknown message type {kind:#04x}")
+                return
+            if kind == _READY_FOR_QUERY:
+                if end - start != 1 or complete[start] not in _TRANSACTION_STATES:
+                    self._upstream_violation("malformed ReadyForQuery")
+                    return
                 if self.awaiting_ready:
                     self.awaiting_ready -= 1
-                self.transaction_status = chr(complete[frame.start])
+                self.transaction_status = chr(complete[start])
         if complete:
             self.client.write(complete)
         if self._end_when_idle is not None and self._ending_point():
             self._end(self._end_when_idle)
+
+    def _upstream_violation(self, detail: str) -> None:
+        log.error("upstream protocol violation: %s", detail)
+        self.fail_client("08P01", "pgproxy received an invalid message from the server")
 
     # -- ending --------------------------------------------------------------------------------
     def end_when_idle(self, error: be.ErrorResponse, *, let_transaction_finish: bool = False) -> None:

@@ -22,6 +22,7 @@ from pgproxy.wire.framing import MessageFramer, StartupFramer
 # OIDC tokens with many group claims reach several KB; nothing legitimate needs more.
 MAX_PASSWORD_MESSAGE = 64 * 1024
 PASSWORD_MESSAGE = ord("p")
+PROTOCOL_3_0 = 3 << 16  # the only version pgproxy speaks; newer minors are negotiated down
 
 
 class Phase(enum.Enum):
@@ -140,13 +141,13 @@ class ClientHandshake:
         complete, frames = self._typed.feed(data)
         if not frames:
             return None
-        first = frames[0]
-        if first.type != PASSWORD_MESSAGE:
-            raise ProtocolError(f"expected a password message, received message type {chr(first.type)!r}")
-        if len(frames) > 1 or first.end != len(complete) or self._typed.buffered:
+        kind, start, end = frames[0]
+        if kind != PASSWORD_MESSAGE:
+            raise ProtocolError(f"expected a password message, received message type {chr(kind)!r}")
+        if len(frames) > 1 or end != len(complete) or self._typed.buffered:
             # A client must wait for AuthenticationOk before sending anything else.
             raise ProtocolError("unexpected data after the password message")
-        message = fe.decode_frontend(first.type, complete[first.start : first.end])
+        message = fe.decode_frontend(kind, complete[start:end])
         if not isinstance(message, fe.PasswordMessage):
             raise ProtocolError("expected a password message")
         try:
@@ -162,4 +163,4 @@ class ClientHandshake:
         options = tuple(name for name, _ in message.parameters if name.startswith("_pq_."))
         if message.protocol_minor == 0 and not options:
             return None
-        return be.NegotiateProtocolVersion(0, options).encode()
+        return be.NegotiateProtocolVersion(PROTOCOL_3_0, options).encode()

@@ -170,15 +170,19 @@ class FunctionCallResponse:
 
 @dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion:
-    """The server's answer to a newer minor version or unknown ``_pq_.`` options in StartupMessage."""
+    """The server's answer to a newer minor version or unknown ``_pq_.`` options in StartupMessage.
 
-    newest_minor: int
+    ``newest_version`` is the full protocol number the server speaks (major << 16 | minor), as
+    PostgreSQL sends it: 196608 for 3.0. libpq rejects anything below 3.0.
+    """
+
+    newest_version: int
     unrecognized_options: tuple[str, ...] = ()
     type_code: ClassVar[bytes] = b"v"
 
     def encode(self) -> bytes:
         options = self.unrecognized_options
-        body = encode_int32(self.newest_minor) + encode_int32(len(options))
+        body = encode_int32(self.newest_version) + encode_int32(len(options))
         return frame(b"v", body + b"".join(cstring(o) for o in options))
 
 
@@ -280,14 +284,14 @@ def _decode_function_call_response(payload: Payload) -> FunctionCallResponse:
 
 def _decode_negotiate_protocol_version(payload: Payload) -> NegotiateProtocolVersion:
     r = Reader(payload, "NegotiateProtocolVersion")
-    newest_minor = r.read_int32()
+    newest_version = r.read_int32()
     count = r.read_int32()
     # Each option takes at least its NUL, which bounds a bogus count before we loop on it.
     if not 0 <= count <= r.remaining:
         raise r.error(f"option count {count} does not fit the remaining {r.remaining} bytes")
     options = tuple(r.read_cstring() for _ in range(count))
     r.expect_end()
-    return NegotiateProtocolVersion(newest_minor, options)
+    return NegotiateProtocolVersion(newest_version, options)
 
 
 def _decode_notification_response(payload: Payload) -> NotificationResponse:

@@ -426,7 +426,7 @@ async def test_newer_protocol_is_negotiated_down(proxy: RunningProxy, minor: int
     assert len(key.secret_key) == 4  # protocol 3.0 keys
     # PostgreSQL sends the full version it will speak (3.0 = 196608) and libpq reads it that way
     # (protocol 3.0 or "downgrade to pre-3.0" otherwise), whatever the field's documented name suggests.
-    assert negotiation.newest_minor == PROTOCOL_3_0
+    assert negotiation.newest_version == PROTOCOL_3_0
 
 
 async def test_libpq_asking_for_protocol_3_2_gets_in(proxy: RunningProxy) -> None:
