@@ -82,8 +82,7 @@ class Relay:
             self.fail_client(exc.sqlstate, exc.message)
             return
         awaiting = self.awaiting_ready
-        for frame in frames:
-            kind = frame.type
+        for kind, _, _ in frames:
             if kind in _EXPECTS_READY:
                 awaiting += 1
             elif kind == _TERMINATE:

@@ -74,13 +74,13 @@ async def open_upstream(
             framer = MessageFramer()
             while True:
                 complete, frames = framer.feed(await endpoint.read())
-                for index, frame in enumerate(frames):
-                    message = be.decode_backend(frame.type, complete[frame.start : frame.end])
+                for kind, start, end in frames:
+                    message = be.decode_backend(kind, complete[start:end])
                     reply = login.receive(message)
                     if reply is not None:
                         endpoint.write(reply)
                     if login.state is LoginState.READY:
-                        rest = complete[frame.end :] if index + 1 < len(frames) else b""
+                        rest = complete[end:]
                         return UpstreamSession(endpoint, login, rest + framer.take_pending())
         except (UpstreamLoginError, ProtocolError, ConnectionClosed, asyncio.CancelledError, TimeoutError):
             endpoint.abort()

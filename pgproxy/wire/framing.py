@@ -12,7 +12,6 @@ Hot-path note: a relay hands ``MessageFramer.feed`` each chunk it reads and forw
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 from pgproxy.wire.errors import MessageTooLarge, ProtocolError
 
@@ -25,12 +24,9 @@ MAX_STARTUP_PACKET = 10_000
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 
 
-class Frame(NamedTuple):
-    """One complete message inside a chunk: its type byte and the payload's [start, end) offsets."""
-
-    type: int
-    start: int
-    end: int
+# One complete message inside a chunk: (type byte, payload start, payload end). A plain tuple rather than
+# a NamedTuple: building a NamedTuple per message was a quarter of the relay's framing cost.
+Frame = tuple[int, int, int]
 
 
 class MessageFramer:
@@ -74,7 +70,7 @@ class MessageFramer:
             end = pos + 1 + length
             if end > total:
                 break
-            append(Frame(data[pos], pos + 5, end))
+            append((data[pos], pos + 5, end))
             pos = end
         if pos == total:
             self._pending = b""

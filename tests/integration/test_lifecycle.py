@@ -93,7 +93,7 @@ def _raw_login(proxy: RunningProxy) -> socket.socket:
     while True:
         complete, frames = framer.feed(tls.recv(65536))
         for frame in frames:
-            message = be.decode_backend(frame.type, complete[frame.start : frame.end])
+            message = be.decode_backend(frame[0], complete[frame[1] : frame[2]])
             if isinstance(message, be.AuthenticationCleartextPassword) and not password_sent:
                 tls.sendall(fe.PasswordMessage(proxy.idp.mint("slow-reader").encode()).encode())
                 password_sent = True
@@ -134,9 +134,9 @@ def test_slow_client_backpressure_bounds_proxy_memory(proxy: RunningProxy, postg
     while not done:
         _, frames = framer.feed(tls.recv(1 << 20))
         for frame in frames:
-            if frame.type == ord("D"):
+            if frame[0] == ord("D"):
                 data_rows += 1
-            elif frame.type == ord("Z"):
+            elif frame[0] == ord("Z"):
                 done = True
     assert data_rows == rows
     tls.close()

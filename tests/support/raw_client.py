@@ -150,7 +150,7 @@ class RawClient:
             raise ProxyTestError(f"the server sent bytes that do not frame: {exc.message}") from exc
         for frame in frames:
             try:
-                message = be.decode_backend(frame.type, complete[frame.start : frame.end])
+                message = be.decode_backend(frame[0], complete[frame[1] : frame[2]])
             except ProtocolError as exc:
                 raise ProxyTestError(f"the server sent an undecodable message: {exc.message}") from exc
             self._queue.append(message)

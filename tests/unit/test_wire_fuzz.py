@@ -132,9 +132,9 @@ def test_random_stream_through_framer_and_decoders(data: bytes, cuts: list[int],
     framer = MessageFramer(limit)
     try:
         for complete, frame in feed_in_chunks(framer, data, cuts):
-            payload = memoryview(complete)[frame.start : frame.end]
-            decode_quietly(fe.decode_frontend, frame.type, payload)
-            decode_quietly(be.decode_backend, frame.type, payload)
+            payload = memoryview(complete)[frame[1] : frame[2]]
+            decode_quietly(fe.decode_frontend, frame[0], payload)
+            decode_quietly(be.decode_backend, frame[0], payload)
     except ProtocolError:
         pass
 
@@ -152,10 +152,10 @@ def test_well_framed_garbage_payloads(messages: list[tuple[int, bytes]], cuts: l
     stream = b"".join(typed(bytes((t,)), p) for t, p in messages)
     seen = []
     for complete, frame in feed_in_chunks(MessageFramer(), stream, cuts):
-        payload = complete[frame.start : frame.end]
-        seen.append((frame.type, payload))
-        decode_quietly(fe.decode_frontend, frame.type, payload)
-        decode_quietly(be.decode_backend, frame.type, payload)
+        payload = complete[frame[1] : frame[2]]
+        seen.append((frame[0], payload))
+        decode_quietly(fe.decode_frontend, frame[0], payload)
+        decode_quietly(be.decode_backend, frame[0], payload)
     assert seen == messages
 
 
@@ -423,9 +423,9 @@ def collect(framer: MessageFramer, chunks: list[bytes]) -> tuple[bytes, list[be.
     for chunk in chunks:
         complete, frames = framer.feed(chunk)
         relayed += complete
-        decoded.extend(be.decode_backend(f.type, memoryview(complete)[f.start : f.end]) for f in frames)
+        decoded.extend(be.decode_backend(f[0], memoryview(complete)[f[1] : f[2]]) for f in frames)
         # Everything handed back ends on a message boundary; only the partial tail stays buffered.
-        assert (frames[-1].end if frames else 0) == len(complete)
+        assert (frames[-1][2] if frames else 0) == len(complete)
     return bytes(relayed), decoded
 
 
@@ -441,7 +441,7 @@ def test_framer_all_messages_in_one_chunk() -> None:
     framer = MessageFramer()
     complete, frames = framer.feed(STREAM)
     assert complete is STREAM  # no copy when the chunk ends on a boundary
-    assert [be.decode_backend(f.type, complete[f.start : f.end]) for f in frames] == STREAM_MESSAGES
+    assert [be.decode_backend(f[0], complete[f[1] : f[2]]) for f in frames] == STREAM_MESSAGES
 
 
 @SETTINGS

@@ -142,8 +142,8 @@ def split_typed(wire: bytes) -> tuple[int, bytes]:
     assert complete == wire
     assert len(frames) == 1
     frame = frames[0]
-    assert frame.end == len(wire)
-    return frame.type, wire[frame.start : frame.end]
+    assert frame[2] == len(wire)
+    return frame[0], wire[frame[1] : frame[2]]
 
 
 def split_startup(wire: bytes) -> bytes:
