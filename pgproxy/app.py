@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
-from pgproxy.auth.oidc import OIDCConfig, TokenVerifier
+from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
 from pgproxy.server.connection import ProxyContext
 from pgproxy.server.listener import ProxyServer
@@ -33,13 +33,13 @@ def build_verifier(settings: Settings) -> TokenVerifier:
     )
 
 
-def build_server(settings: Settings) -> ProxyServer:
+def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> ProxyServer:
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = client_facing_context(str(settings.tls_cert), str(settings.tls_key))
     context = ProxyContext(
         upstream=settings.upstream_target,
-        verifier=build_verifier(settings),
+        verifier=verifier or build_verifier(settings),
         tls=tls,
         allow_plaintext_loopback=settings.allow_plaintext_loopback,
         max_client_message=settings.max_message_bytes,
@@ -52,11 +52,25 @@ def build_server(settings: Settings) -> ProxyServer:
 
 async def serve(settings: Settings, ready: Awaitable[None] | None = None) -> None:
     """Start listening and serve until SIGTERM/SIGINT."""
-    server = build_server(settings)
+    verifier = build_verifier(settings)
+    await warm_up_keys(verifier)
+    server = build_server(settings, verifier)
     await server.start()
     if ready is not None:
         await ready
     await server.run_until_signalled(settings.shutdown_grace_seconds)
+
+
+async def warm_up_keys(verifier: TokenVerifier) -> None:
+    """Fetch the signing keys before accepting clients, so a wrong issuer or JWKS shows at start.
+
+    An unreachable identity provider is not fatal: pgproxy keeps refusing tokens (fail closed) and
+    retries, rate-limited, as logins arrive.
+    """
+    try:
+        await verifier.refresh_keys()
+    except JWKSUnavailable as exc:
+        log.warning("signing keys unavailable at start (%s); every login fails until they load", exc.reason)
 
 
 def configure_logging(level: str) -> None:

@@ -16,7 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pgserver import _commands as pg_commands  # the bundled initdb / pg_ctl wrappers
+from pgserver._commands import POSTGRES_BIN_PATH  # where the pgserver wheel keeps its binaries
+
+from pgproxy.devcerts import write_self_signed
 
 SUPERUSER = "postgres"
 
@@ -42,7 +44,9 @@ def _os_user() -> str | None:
 class EmbeddedPostgres:
     """Start with ``start()``, stop with ``stop()``; ``dsn`` connects as the superuser over TCP."""
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, port: int | None = None, bin_dir: Path | None = None) -> None:
+        # bin_dir: other PostgreSQL binaries, e.g. a distribution's (pgserver's build has no TLS support).
+        self.bin_dir = bin_dir or POSTGRES_BIN_PATH
         self._owns_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="pgproxy-pg-")) if base_dir is None else base_dir
         self.data_dir = self.base_dir / "data"
@@ -83,11 +87,7 @@ class EmbeddedPostgres:
     def start(self) -> None:
         self._prepare_dirs()
         if not (self.data_dir / "PG_VERSION").exists():
-            pg_commands.initdb(  # type: ignore[attr-defined]
-                ["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"],
-                pgdata=self.data_dir,
-                user=self.os_user,
-            )
+            self._run("initdb", "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write(
                     "\n# pgproxy embedded server\n"
@@ -97,16 +97,31 @@ class EmbeddedPostgres:
                     "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                     "password_encryption = 'scram-sha-256'\n"
                 )
-        pg_commands.pg_ctl(  # type: ignore[attr-defined]
-            ["-w", "-o", f"-p {self.port}", "-l", str(self.base_dir / "server.log"), "start"],
-            pgdata=self.data_dir,
-            user=self.os_user,
-            timeout=60,
-        )
+        self._run("pg_ctl", "-w", "-o", f"-p {self.port}", "-l", str(self.base_dir / "server.log"), "start")
         self.running = True
 
+    def _run(self, program: str, *arguments: str) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / program), "-D", str(self.data_dir), *arguments],
+            user=self.os_user, capture_output=True, text=True, timeout=120, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{program} failed ({result.returncode}): {result.stderr or result.stdout}")
+
     def reload(self) -> None:
-        pg_commands.pg_ctl(["reload"], pgdata=self.data_dir, user=self.os_user)  # type: ignore[attr-defined]
+        self._run("pg_ctl", "reload")
+
+    def enable_tls(self) -> Path:
+        """Turn on TLS with a self-signed certificate for 127.0.0.1; return the certificate (its own CA)."""
+        cert, key = write_self_signed(self.data_dir / "tls")
+        if self.os_user is not None:
+            entry = pwd.getpwnam(self.os_user)
+            for path in (cert.parent, cert, key):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
+        self.reload()
+        return cert
 
     def write_hba(self, lines: list[str]) -> None:
         """Replace pg_hba.conf (first match wins) and reload."""
@@ -118,9 +133,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self.running:
-            pg_commands.pg_ctl(  # type: ignore[attr-defined]
-                ["-w", "-m", "immediate", "stop"], pgdata=self.data_dir, user=self.os_user, timeout=60
-            )
+            self._run("pg_ctl", "-w", "-m", "immediate", "stop")
             self.running = False
         if self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -22,7 +22,9 @@ def client_facing_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 def upstream_context(target: UpstreamTarget) -> ssl.SSLContext | None:
     """Client-side context for ``target.sslmode``; None when TLS is not to be attempted."""
-    if target.sslmode == "disable" or target.is_unix_socket:
+    # libpq's "allow" tries plaintext first; pgproxy does the same but does not retry with TLS when
+    # the server refuses plaintext (use prefer or require for such servers).
+    if target.sslmode in ("disable", "allow") or target.is_unix_socket:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -34,7 +36,7 @@ def upstream_context(target: UpstreamTarget) -> ssl.SSLContext | None:
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = target.sslmode == "verify-full"
     else:
-        # allow / prefer / require encrypt without authenticating the server, as libpq does.
+        # prefer / require encrypt without authenticating the server, as libpq does.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if target.sslcert:

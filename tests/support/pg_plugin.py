@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -114,3 +115,31 @@ def postgres() -> Iterator[RealPostgres]:
         yield server
     finally:
         embedded.stop()
+
+
+SYSTEM_POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class TLSPostgres:
+    """A second server that speaks TLS (the distribution's PostgreSQL; pgserver's build has no TLS)."""
+
+    server: EmbeddedPostgres
+    ca: Path  # the self-signed server certificate, which is its own CA
+
+    def dsn(self, query: str) -> str:
+        return f"{self.server.dsn_for(UPSTREAM_ROLE, TEST_DATABASE)}?{query}"
+
+
+@pytest.fixture(scope="session")
+def tls_postgres() -> Iterator[TLSPostgres]:
+    server = EmbeddedPostgres(bin_dir=SYSTEM_POSTGRES_BIN)
+    server.start()
+    try:
+        ca = server.enable_tls()
+        with psycopg.connect(server.dsn, autocommit=True) as admin:
+            admin.execute(f"CREATE ROLE {UPSTREAM_ROLE} LOGIN NOSUPERUSER")
+            admin.execute(f"CREATE DATABASE {TEST_DATABASE} OWNER {UPSTREAM_ROLE}")
+        yield TLSPostgres(server, ca)
+    finally:
+        server.stop()
