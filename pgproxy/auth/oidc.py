@@ -18,21 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
-import json
 import logging
 import math
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.client import HTTPMessage
 from pathlib import Path
-from typing import IO, Any
-from urllib.request import Request
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -41,7 +34,9 @@ from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from pgproxy.auth.errors import JWKSUnavailable, TokenRejected
 from pgproxy.auth.identity import Identity, identity_from_claims
+from pgproxy.auth.jwks_source import check_url, http_get_json, parse_jwks, read_json_file
 
 __all__ = ["DEFAULT_ALGORITHMS", "JWKSUnavailable", "OIDCConfig", "TokenRejected", "TokenVerifier"]
 
@@ -56,7 +51,6 @@ _PSS_HASH: dict[str, type[hashes.HashAlgorithm]] = {
 }
 _MIN_RSA_BITS = 2048
 _MAX_TOKEN_CHARS = 16 * 1024
-_MAX_DOCUMENT_BYTES = 1024 * 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _PRINTABLE = re.compile(r"[A-Za-z0-9._:/@+=~-]{1,80}")
 _JOSE_OPTIONS = {  # signature and iss by python-jose; time, aud and sub by _claims_problem
@@ -64,22 +58,6 @@ _JOSE_OPTIONS = {  # signature and iss by python-jose; time, aud and sub by _cla
     "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_jti": False,
     "verify_at_hash": False,  # an ID token's at_hash needs the access token, which we never see
 }
-
-
-class TokenRejected(Exception):
-    """The token was refused; ``reason`` is a sentence naming the failed check, never token content."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class JWKSUnavailable(TokenRejected):
-    """The signing keys could not be loaded (IdP down, bad document): not the client's fault."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"JWKS unavailable: {detail}")
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -117,9 +95,9 @@ class OIDCConfig:
         if self.leeway_seconds < 0 or self.jwks_refresh_min_interval < 0 or self.http_timeout <= 0:
             raise ValueError("leeway and refresh interval must be >= 0 and http_timeout > 0")
         if self.jwks is None:
-            _check_url(self.issuer, "issuer (used for OIDC discovery)")
+            check_url(self.issuer, "issuer (used for OIDC discovery)")
         elif "://" in self.jwks:
-            _check_url(self.jwks, "jwks URL")
+            check_url(self.jwks, "jwks URL")
         elif not self.jwks.strip():
             raise ValueError("jwks must be a URL or a file path")
 
@@ -308,7 +286,7 @@ class TokenVerifier:
 
     async def _fetch(self) -> None:
         try:
-            keys = _parse_jwks(await self._load_document())
+            keys = parse_jwks(await self._load_document())
         except JWKSUnavailable as exc:
             self._fetch_error = exc.detail
             log.warning("%s", exc.reason)
@@ -320,11 +298,11 @@ class TokenVerifier:
     async def _load_document(self) -> object:
         cfg = self._config
         if cfg.jwks is not None and "://" not in cfg.jwks:
-            return await asyncio.to_thread(_read_json_file, Path(cfg.jwks))
+            return await asyncio.to_thread(read_json_file, Path(cfg.jwks))
         if self._jwks_uri is None:
             self._jwks_uri = await self._discover()
         try:
-            return await asyncio.to_thread(_http_get_json, self._jwks_uri, cfg.http_timeout)
+            return await asyncio.to_thread(http_get_json, self._jwks_uri, cfg.http_timeout)
         except JWKSUnavailable:
             if cfg.jwks is None:
                 self._jwks_uri = None  # rediscover next time
@@ -333,7 +311,7 @@ class TokenVerifier:
     async def _discover(self) -> str:
         cfg = self._config
         url = cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        doc = await asyncio.to_thread(_http_get_json, url, cfg.http_timeout)
+        doc = await asyncio.to_thread(http_get_json, url, cfg.http_timeout)
         if not isinstance(doc, dict):
             raise JWKSUnavailable(f"discovery document at {url} is not a JSON object")
         if doc.get("issuer") != cfg.issuer:
@@ -343,7 +321,7 @@ class TokenVerifier:
         if not isinstance(uri, str):
             raise JWKSUnavailable(f"discovery document at {url} has no jwks_uri")
         try:
-            _check_url(uri, "discovered jwks_uri")
+            check_url(uri, "discovered jwks_uri")
         except ValueError as exc:
             raise JWKSUnavailable(str(exc)) from None
         return uri
@@ -364,84 +342,6 @@ class _RSAPSSKey(Key):
         except InvalidSignature:
             return False
         return True
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to a URL we would have accepted in the first place (no https -> http)."""
-
-    def redirect_request(  # noqa: PLR0917 - urllib's signature
-        self, req: Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage, newurl: str
-    ) -> Request | None:
-        try:
-            _check_url(newurl, "redirect target")
-        except ValueError:
-            fp.close()  # urllib only closes the redirect response when it follows it
-            raise
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urllib.request.build_opener(_CheckedRedirects)
-_LOOPBACK_OPENER = urllib.request.build_opener(_CheckedRedirects, urllib.request.ProxyHandler({}))
-
-
-def _check_url(url: str, what: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return
-    raise ValueError(f"{what} must be an https URL (plain http only to a loopback host): {url!r}")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _http_get_json(url: str, timeout: float) -> object:
-    """Blocking GET (run in a thread). The URL was checked by _check_url, so urllib's scheme is safe."""
-    hostname = urllib.parse.urlsplit(url).hostname or ""
-    opener = _LOOPBACK_OPENER if _is_loopback(hostname) else _OPENER
-    request = Request(url, headers={"Accept": "application/json"})  # noqa: S310
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            body: bytes = response.read(_MAX_DOCUMENT_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise JWKSUnavailable(f"HTTP {exc.code} from {url}") from None
-    except (OSError, ValueError) as exc:  # URLError, timeouts, refused redirects
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise JWKSUnavailable(f"cannot fetch {url}: {reason}") from None
-    return _parse_json(body, url)
-
-
-def _read_json_file(path: Path) -> object:
-    try:
-        with path.open("rb") as handle:
-            body = handle.read(_MAX_DOCUMENT_BYTES + 1)
-    except OSError as exc:
-        raise JWKSUnavailable(f"cannot read {path}: {exc.strerror or exc}") from None
-    return _parse_json(body, str(path))
-
-
-def _parse_json(body: bytes, source: str) -> object:
-    if len(body) > _MAX_DOCUMENT_BYTES:
-        raise JWKSUnavailable(f"{source} is larger than {_MAX_DOCUMENT_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise JWKSUnavailable(f"{source} is not valid JSON") from None
-
-
-def _parse_jwks(document: object) -> tuple[dict[str, Any], ...]:
-    keys = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(keys, list):
-        raise JWKSUnavailable("JWKS document has no 'keys' list")
-    return tuple(k for k in keys if isinstance(k, dict))
 
 
 def _key_problem(key: Mapping[str, Any], alg: str) -> str | None:
