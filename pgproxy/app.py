@@ -47,7 +47,7 @@ def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> P
         session_outlives_token=settings.session_outlives_token,
     )
     host, port = settings.listen_address
-    return ProxyServer(context, host, port)
+    return ProxyServer(context, host, port, max_connections=settings.max_connections)
 
 
 async def serve(settings: Settings, ready: Awaitable[None] | None = None) -> None:

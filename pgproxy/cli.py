@@ -26,6 +26,7 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "groups_claim": {"metavar": "CLAIM"},
     "allow_plaintext_loopback": {"action": "store_const", "const": True},
     "session_outlives_token": {"action": "store_const", "const": True},
+    "max_connections": {"metavar": "N", "type": int},
     "max_message_bytes": {"metavar": "N", "type": int},
     "shutdown_grace_seconds": {"metavar": "S", "type": float},
     "startup_timeout_seconds": {"metavar": "S", "type": float},

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     groups_claim: str = Field("groups", description="claim (dotted path allowed) holding the caller's groups")
     allow_plaintext_loopback: bool = Field(False, description="accept unencrypted clients on loopback")
     session_outlives_token: bool = Field(False, description="keep sessions open after the token expires")
+    max_connections: int = Field(1000, ge=1, description="client connections served at once; more get 53300")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest client message accepted")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight statements get on shutdown")
     startup_timeout_seconds: float = Field(60.0, gt=0, description="time a client has to log in")

@@ -77,8 +77,11 @@ def is_loopback(peer: object) -> bool:
 class ClientConnection:
     """The lifecycle of one client connection."""
 
-    def __init__(self, context: ProxyContext, on_done: Callable[[ClientConnection], None]) -> None:
+    def __init__(
+        self, context: ProxyContext, on_done: Callable[[ClientConnection], None], *, over_limit: bool = False
+    ) -> None:
         self.context = context
+        self.over_limit = over_limit
         self.endpoint = Endpoint(self._connected)
         self.relay: Relay | None = None
         self.identity: Identity | None = None
@@ -174,6 +177,9 @@ class ClientConnection:
                 f"{reason}: unencrypted connections are only allowed from loopback when configured",
                 hint="connect with sslmode=require" if self.context.tls else None,
             )
+        if self.over_limit:
+            log.warning("refused a connection from %s: --max-connections reached", self.peer)
+            raise Refusal("53300", "sorry, too many clients already (pgproxy --max-connections)")
         negotiation = self._handshake.negotiation_needed(message)
         if negotiation is not None:
             self.endpoint.write(negotiation)

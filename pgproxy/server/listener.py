@@ -18,12 +18,22 @@ log = logging.getLogger(__name__)
 
 
 class ProxyServer:
-    def __init__(self, context: ProxyContext, host: str, port: int, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        context: ProxyContext,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = 1000,
+        reuse_port: bool = False,
+    ) -> None:
         self.context = context
+        self.max_connections = max_connections
         self.host = host
         self.port = port
         self.reuse_port = reuse_port
         self.connections: set[ClientConnection] = set()
+        self._admitted = 0  # connections under the limit (over-limit ones are only told so)
         self._server: asyncio.base_events.Server | None = None
         self._emptied = asyncio.Event()
 
@@ -42,12 +52,19 @@ class ProxyServer:
                  self.context.upstream.describe())
 
     def _accept(self) -> Endpoint:
-        connection = ClientConnection(self.context, self._forget)
+        # Over the limit the client still gets TLS and sends its startup packet, so that it can read
+        # the refusal (libpq cannot show an error sent in answer to SSLRequest).
+        over_limit = self._admitted >= self.max_connections
+        connection = ClientConnection(self.context, self._forget, over_limit=over_limit)
+        if not over_limit:
+            self._admitted += 1
         self.connections.add(connection)
         self._emptied.clear()
         return connection.endpoint
 
     def _forget(self, connection: ClientConnection) -> None:
+        if connection in self.connections and not connection.over_limit:
+            self._admitted -= 1
         self.connections.discard(connection)
         if not self.connections:
             self._emptied.set()
@@ -83,3 +100,4 @@ class ProxyServer:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+

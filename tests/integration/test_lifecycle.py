@@ -140,3 +140,17 @@ def test_slow_client_backpressure_bounds_proxy_memory(proxy: RunningProxy, postg
                 done = True
     assert data_rows == rows
     tls.close()
+
+
+def test_connections_over_the_limit_are_refused_and_others_keep_working(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory(max_connections=2)
+    first = psycopg.connect(proxy.conninfo(), autocommit=True)
+    second = psycopg.connect(proxy.conninfo(), autocommit=True)
+    with pytest.raises(psycopg.OperationalError, match="too many clients"):
+        psycopg.connect(proxy.conninfo())
+    assert first.execute("SELECT 1").fetchone() == (1,)
+    second.close()
+    wait_until(lambda: proxy.call_soon(lambda: len(proxy.server.connections)) < 2)
+    with psycopg.connect(proxy.conninfo(), autocommit=True) as third:
+        assert third.execute("SELECT 2").fetchone() == (2,)
+    first.close()
