@@ -14,9 +14,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
-from pgserver._commands import POSTGRES_BIN_PATH  # where the pgserver wheel keeps its binaries
+with warnings.catch_warnings():
+    # pgserver asks platformdirs for a runtime directory at import; without XDG_RUNTIME_DIR (root, CI)
+    # that warns, although pgproxy never uses that directory.
+    warnings.simplefilter("ignore")
+    from pgserver._commands import POSTGRES_BIN_PATH  # where the pgserver wheel keeps its binaries
 
 from pgproxy.devcerts import write_self_signed
 
