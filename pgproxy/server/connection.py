@@ -34,6 +34,14 @@ from pgproxy.wire.frontend import StartupMessage
 log = logging.getLogger(__name__)
 
 
+def _token_expired_error() -> be.ErrorResponse:
+    return be.ErrorResponse.build("FATAL", "28000", "OIDC token expired; reconnect with a fresh token")
+
+
+# How long an expired session may take to reach an idle moment before it is ended anyway.
+TOKEN_EXPIRY_GRACE_SECONDS = 5.0
+
+
 class Verifier(Protocol):
     async def verify(self, token: str) -> Identity: ...
 
@@ -262,12 +270,15 @@ class ClientConnection:
 
     def _token_expired(self) -> None:
         if self.relay is not None:
+            # A client that always pipelines its next statement is never idle: after a short grace
+            # the session ends regardless, so a token's lifetime bounds the session's.
+            self._expiry = asyncio.get_running_loop().call_later(TOKEN_EXPIRY_GRACE_SECONDS, self._end_expired)
             log.info("token of %s expired; ending its session", self.identity.display if self.identity else "?")
-            self.relay.end_when_idle(
-                be.ErrorResponse.build(
-                    "FATAL", "28000", "OIDC token expired; reconnect with a fresh token"
-                )
-            )
+            self.relay.end_when_idle(_token_expired_error())
+
+    def _end_expired(self) -> None:
+        if self.relay is not None:
+            self.relay.end_now(_token_expired_error())
 
     async def _cancel(self, event: hs.CancelRequested) -> None:
         upstream = self.context.cancels.resolve(event.process_id, event.secret_key)

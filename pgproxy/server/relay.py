@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable
 
 from pgproxy.server.endpoint import Endpoint, RelaySink
+from pgproxy.session.inflight import InFlight
 from pgproxy.wire import backend as be
 from pgproxy.wire.errors import ProtocolError
 from pgproxy.wire.framing import MessageFramer
 
 log = logging.getLogger(__name__)
 
-# Client messages each answered by exactly one ReadyForQuery: Query, Sync, FunctionCall.
-_EXPECTS_READY = frozenset(b"QSF")
 _TERMINATE = ord("X")
 _READY_FOR_QUERY = ord("Z")
 _TRANSACTION_STATES = frozenset(b"ITE")
@@ -45,7 +44,7 @@ class Relay:
     ) -> None:
         self.client = client
         self.upstream = upstream
-        self.awaiting_ready = 0  # requests sent upstream whose ReadyForQuery has not come back
+        self.in_flight = InFlight()
         self.transaction_status = "I"
         self._client_framer = MessageFramer(max_client_message)
         self._upstream_framer = MessageFramer(UPSTREAM_MESSAGE_LIMIT)
@@ -72,7 +71,12 @@ class Relay:
 
     @property
     def idle(self) -> bool:
-        return self.awaiting_ready == 0
+        return self.in_flight.idle
+
+    @property
+    def awaiting_ready(self) -> int:
+        """Requests forwarded upstream and not yet answered (0 when idle)."""
+        return self.in_flight.outstanding
 
     # -- client → upstream ---------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -81,13 +85,11 @@ class Relay:
         except ProtocolError as exc:
             self.fail_client(exc.sqlstate, exc.message)
             return
-        awaiting = self.awaiting_ready
+        client_sent = self.in_flight.client_sent
         for kind, _, _ in frames:
-            if kind in _EXPECTS_READY:
-                awaiting += 1
-            elif kind == _TERMINATE:
+            client_sent(kind)
+            if kind == _TERMINATE:
                 self.client_terminated = True
-        self.awaiting_ready = awaiting
         if complete:
             self.upstream.write(complete)
 
@@ -98,6 +100,7 @@ class Relay:
         except ProtocolError as exc:
             self._upstream_violation(exc.message)
             return
+        server_sent = self.in_flight.server_sent
         for kind, start, end in frames:
             if kind not in _BACKEND_TYPES:
                 self._upstream_violation(f"unknown message type {kind:#04x}")
@@ -106,9 +109,8 @@ class Relay:
                 if end - start != 1 or complete[start] not in _TRANSACTION_STATES:
                     self._upstream_violation("malformed ReadyForQuery")
                     return
-                if self.awaiting_ready:
-                    self.awaiting_ready -= 1
                 self.transaction_status = chr(complete[start])
+            server_sent(kind)
         if complete:
             self.client.write(complete)
         if self._end_when_idle is not None and self._ending_point():
@@ -124,11 +126,11 @@ class Relay:
         self._end_waits_for_transaction = let_transaction_finish
         if self._ending_point():
             self._end(error)
-        else:
-            self._end_when_idle = error
+            return
+        self._end_when_idle = error
 
     def _ending_point(self) -> bool:
-        if self.awaiting_ready:
+        if not self.in_flight.idle:
             return False
         return not self._end_waits_for_transaction or self.transaction_status == "I"
 
@@ -168,8 +170,7 @@ class Relay:
 
         return pause
 
-    @staticmethod
-    def _resume(other: Endpoint) -> Callable[[], None]:
+    def _resume(self, other: Endpoint) -> Callable[[], None]:
         def resume() -> None:
             if other.transport is not None and not other.transport.is_closing():
                 other.transport.resume_reading()

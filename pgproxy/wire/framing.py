@@ -32,20 +32,26 @@ Frame = tuple[int, int, int]
 class MessageFramer:
     """Incrementally frames typed messages (type byte + int32 length including itself)."""
 
-    __slots__ = ("_pending", "max_message_size")
+    __slots__ = ("_buffered_total", "_chunks", "_needed", "_pending", "max_message_size")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
         self.max_message_size = max_message_size
         self._pending = b""
+        # A large message arrives in many reads: collect them and join once it is complete, rather
+        # than re-concatenating the growing prefix on every read (quadratic copying).
+        self._chunks: list[bytes] = []
+        self._needed = 0  # total bytes of pending + chunks that complete the first message, if known
+        self._buffered_total = 0
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete message held back until the rest arrives."""
-        return len(self._pending)
+        return len(self._pending) + sum(len(chunk) for chunk in self._chunks)
 
     def take_pending(self) -> bytes:
         """Hand over (and forget) the bytes of an incomplete trailing message."""
-        pending, self._pending = self._pending, b""
+        pending = b"".join([self._pending, *self._chunks])
+        self._pending, self._chunks, self._needed = b"", [], 0
         return pending
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
@@ -55,7 +61,15 @@ class MessageFramer:
         as the header is seen (before the body is buffered).
         """
         if self._pending:
-            data = self._pending + data
+            if self._needed:
+                self._chunks.append(data)
+                self._buffered_total += len(data)
+                if self._buffered_total < self._needed:
+                    return b"", []
+                data = b"".join([self._pending, *self._chunks])
+                self._chunks, self._needed = [], 0
+            else:
+                data = self._pending + data
         frames: list[Frame] = []
         append = frames.append
         limit = self.max_message_size
@@ -76,6 +90,9 @@ class MessageFramer:
             self._pending = b""
             return data, frames
         self._pending = data[pos:]
+        if total - pos >= 5:  # the header of the incomplete message is known: wait for all of it
+            self._needed = 1 + _unpack_int32(data, pos + 1)[0]
+            self._buffered_total = total - pos
         return data[:pos], frames
 
 
