@@ -1,0 +1,1 @@
+"""SQL understanding: pglast classification (and, later, sqlglot lineage). Pure, no I/O."""
