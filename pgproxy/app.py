@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
+from pgproxy.policy.store import PolicyStore
 from pgproxy.server.connection import ProxyContext
 from pgproxy.server.listener import ProxyServer
 from pgproxy.server.tls import client_facing_context
@@ -34,12 +35,15 @@ def build_verifier(settings: Settings) -> TokenVerifier:
 
 
 def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> ProxyServer:
+    """The proxy, ready to start. Raises ``PolicyLoadError`` when the policy directory is not valid."""
+    policies = PolicyStore(settings.policies)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = client_facing_context(str(settings.tls_cert), str(settings.tls_key))
     context = ProxyContext(
         upstream=settings.upstream_target,
         verifier=verifier or build_verifier(settings),
+        policies=policies,
         tls=tls,
         allow_plaintext_loopback=settings.allow_plaintext_loopback,
         max_client_message=settings.max_message_bytes,
@@ -47,14 +51,18 @@ def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> P
         session_outlives_token=settings.session_outlives_token,
     )
     host, port = settings.listen_address
-    return ProxyServer(context, host, port, max_connections=settings.max_connections)
+    server = ProxyServer(context, host, port, max_connections=settings.max_connections)
+    server.on_reload(policies.reload)
+    if settings.policy_poll_seconds > 0:
+        server.every(settings.policy_poll_seconds, policies.reload_if_changed)
+    return server
 
 
 async def serve(settings: Settings, ready: Awaitable[None] | None = None) -> None:
-    """Start listening and serve until SIGTERM/SIGINT."""
+    """Load policies, start listening and serve until SIGTERM/SIGINT (SIGHUP reloads policies)."""
     verifier = build_verifier(settings)
-    await warm_up_keys(verifier)
     server = build_server(settings, verifier)
+    await warm_up_keys(verifier)
     await server.start()
     if ready is not None:
         await ready

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest client message accepted")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight statements get on shutdown")
     startup_timeout_seconds: float = Field(60.0, gt=0, description="time a client has to log in")
+    policies: Path = Field(Path("policies"), description="directory of policy files (*.yaml)")
+    policy_poll_seconds: float = Field(
+        2.0, ge=0, description="how often policy files are checked for changes (0: reload on SIGHUP only)"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @classmethod
@@ -109,6 +113,13 @@ class Settings(BaseSettings):
     def _check_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file not found: {value}")
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _check_policies(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"policy directory not found: {value}")
         return value
 
     @field_validator("log_level")

@@ -63,7 +63,9 @@ async def prepare_database(pg: EmbeddedPostgres) -> None:
         await owner.close()
 
 
-def demo_settings(pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, port: int) -> Settings:
+def demo_settings(
+    pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, port: int, policies: Path
+) -> Settings:
     cert, key = write_self_signed(state_dir / "tls")
     return load_settings(
         {
@@ -76,6 +78,7 @@ def demo_settings(pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, por
             "oidc_jwks": str(issuer.jwks_path),
             "allow_plaintext_loopback": True,
             "shutdown_grace_seconds": 5,
+            "policies": policies,
         }
     )
 
@@ -85,7 +88,7 @@ def psql_command(token: str, port: int, user: str) -> str:
     return f"PGPASSWORD={shlex.quote(token)} psql {shlex.quote(conninfo)}"
 
 
-def run_demo(state_dir: Path, port: int) -> None:
+def run_demo(state_dir: Path, port: int, policies: Path) -> None:
     """Start everything, print how to connect, serve until Ctrl-C, then clean up the database."""
     from pgproxy.app import run_loop  # noqa: PLC0415 -- keep import-time light for `pgproxy --help`
 
@@ -94,14 +97,17 @@ def run_demo(state_dir: Path, port: int) -> None:
     pg.start()
     try:
         run_loop(prepare_database(pg))
-        settings = demo_settings(pg, issuer, state_dir, port)
-        token = issuer.mint("agent-x", email="agent-x@example.com", name="Agent X", groups=["agents"])
+        settings = demo_settings(pg, issuer, state_dir, port, policies)
+        token = issuer.mint("agent-x", email="agent-x@example.com", name="Agent X", groups=["ai-agents"])
 
         async def announce() -> None:
             print("pgproxy demo is running. Connect as the demo agent with:\n")
             print("  " + psql_command(token, port, "agent-x") + "\n")
+            print(f"The agent may read (customers' email and phone are listed for masking), and DDL or exports "
+                  f"need approval; the policies are in {policies}.")
             print(f"Mint other identities with: pgproxy token --sub NAME --email NAME@example.com "
-                  f"--group GROUP --state-dir {shlex.quote(str(state_dir))}")
+                  f"--group GROUP --state-dir {shlex.quote(str(state_dir))}  (groups: ai-agents, dba, "
+                  f"ci-deployers)")
             print("Press Ctrl-C to stop (the demo database is discarded).", flush=True)
 
         run_loop(serve(settings, ready=announce()))

@@ -13,13 +13,16 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
+from pgproxy.gate.encoding import UnsupportedEncoding
+from pgproxy.gate.session import PolicySource, SessionGate
+from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
 from pgproxy.server.endpoint import ConnectionClosed, Endpoint
 from pgproxy.server.relay import Relay
@@ -27,6 +30,7 @@ from pgproxy.server.upstream import open_upstream, send_cancel
 from pgproxy.session import client as hs
 from pgproxy.session.params import ClientStartup, StartupRefused, stamped_application_name, vet_startup
 from pgproxy.session.upstream import UpstreamLoginError
+from pgproxy.sql.classify import Classifier
 from pgproxy.wire import backend as be
 from pgproxy.wire.errors import ProtocolError
 from pgproxy.wire.frontend import StartupMessage
@@ -52,12 +56,14 @@ class ProxyContext:
 
     upstream: UpstreamTarget
     verifier: Verifier
+    policies: PolicySource
     tls: ssl.SSLContext | None
     allow_plaintext_loopback: bool
     max_client_message: int
     startup_timeout: float = 60.0  # PostgreSQL's authentication_timeout default
     session_outlives_token: bool = False
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    classifier: Classifier = field(default_factory=Classifier)  # shared: its cache serves every session
 
 
 class Refusal(Exception):
@@ -66,6 +72,20 @@ class Refusal(Exception):
     def __init__(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.error = be.ErrorResponse.build("FATAL", sqlstate, message, hint=hint)
+
+
+def upstream_session_settings(profile: SessionProfile) -> tuple[tuple[str, str], ...]:
+    """Startup settings that put the policy's limits inside PostgreSQL too (defense in depth).
+
+    Set at startup rather than by SET, so they are the session's reset values: RESET ALL and
+    DISCARD ALL return to them rather than to the login role's defaults.
+    """
+    settings: list[tuple[str, str]] = []
+    if profile.upstream_role:
+        settings.append(("role", profile.upstream_role))
+    if profile.read_only:
+        settings.append(("default_transaction_read_only", "on"))
+    return tuple(settings)
 
 
 def is_loopback(peer: object) -> bool:
@@ -215,9 +235,11 @@ class ClientConnection:
         startup = self.startup
         assert startup is not None
         target = self.context.upstream
+        profile = self._admit(identity, startup)
         settings = (
             *startup.settings,
             ("application_name", stamped_application_name(identity.display, startup.application_name)),
+            *upstream_session_settings(profile),
         )
         try:
             upstream = await open_upstream(target, database=startup.database, settings=settings)
@@ -236,6 +258,11 @@ class ClientConnection:
         except ProtocolError as exc:
             log.error("upstream %s sent an invalid message during login: %s", target.describe(), exc.message)
             raise Refusal("08P01", "pgproxy received an invalid message from the database server") from exc
+        try:
+            gate = self._gate(identity, startup, profile, upstream.login.parameter_statuses)
+        except UnsupportedEncoding as exc:
+            upstream.endpoint.close()
+            raise Refusal("0A000", str(exc)) from exc
         key = upstream.login.backend_key
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:
@@ -258,9 +285,37 @@ class ClientConnection:
             upstream.endpoint,
             max_client_message=self.context.max_client_message,
             on_finished=self._finished,
+            gate=gate,
         )
         self._schedule_expiry(identity)
         self.relay.start(b"", upstream.leftover)
+
+    def _admit(self, identity: Identity, startup: ClientStartup) -> SessionProfile:
+        """The session's policy profile; a caller no rule lets into this database is refused here."""
+        profile = session_profile(self.context.policies.current, identity, startup.database)
+        if profile is None:
+            log.info("no policy rule admits %s to database %r", identity.display, startup.database)
+            raise Refusal(
+                "28000",
+                f'pgproxy: no policy rule grants {identity.display} access to database "{startup.database}"',
+                hint="ask the database owners to add a policy rule for you, or connect to a database you may use",
+            )
+        return profile
+
+    def _gate(
+        self, identity: Identity, startup: ClientStartup, profile: SessionProfile,
+        statuses: Sequence[be.ParameterStatus],
+    ) -> SessionGate:
+        reported = {status.name: status.value for status in statuses}
+        return SessionGate(
+            classifier=self.context.classifier,
+            policies=self.context.policies,
+            identity=identity,
+            database=startup.database,
+            read_only=profile.read_only,
+            client_encoding=reported.get("client_encoding", "UTF8"),
+            server_encoding=reported.get("server_encoding", "UTF8"),
+        )
 
     def _schedule_expiry(self, identity: Identity) -> None:
         if self.context.session_outlives_token or identity.expires_at is None:

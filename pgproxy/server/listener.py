@@ -1,7 +1,9 @@
-"""The listening socket, the set of live connections, and graceful shutdown.
+"""The listening socket, the set of live connections, periodic housekeeping, and graceful shutdown.
 
 On shutdown the listener stops accepting, asks every session to end at its next idle moment
 (in-flight statements finish), waits up to the grace period, then closes whatever remains.
+Housekeeping (e.g. noticing changed policy files) runs as plain callbacks on a timer: they must be
+quick and must not raise into the loop. SIGHUP calls the reload callbacks.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 from pgproxy.server.connection import ClientConnection, ProxyContext
 from pgproxy.server.endpoint import Endpoint
@@ -36,6 +39,38 @@ class ProxyServer:
         self._admitted = 0  # connections under the limit (over-limit ones are only told so)
         self._server: asyncio.base_events.Server | None = None
         self._emptied = asyncio.Event()
+        self._chores: list[tuple[float, Callable[[], object]]] = []
+        self._reloads: list[Callable[[], object]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def every(self, seconds: float, chore: Callable[[], object]) -> None:
+        """Run ``chore`` every ``seconds`` while serving (registered before ``start``)."""
+        self._chores.append((seconds, chore))
+
+    def on_reload(self, reload: Callable[[], object]) -> None:
+        """Run ``reload`` on SIGHUP (while ``run_until_signalled`` serves)."""
+        self._reloads.append(reload)
+
+    def _schedule(self, seconds: float, chore: Callable[[], object]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            try:
+                chore()
+            except Exception:
+                log.exception("housekeeping task failed")
+            self._timers.remove(handle)
+            self._schedule(seconds, chore)
+
+        handle = loop.call_later(seconds, tick)
+        self._timers.append(handle)
+
+    def reload(self) -> None:
+        for reload in self._reloads:
+            try:
+                reload()
+            except Exception:
+                log.exception("reload failed")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -50,6 +85,8 @@ class ProxyServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("pgproxy listening on %s:%d, upstream %s", self.host, self.port,
                  self.context.upstream.describe())
+        for seconds, chore in self._chores:
+            self._schedule(seconds, chore)
 
     def _accept(self) -> Endpoint:
         # Over the limit the client still gets TLS and sends its startup packet, so that it can read
@@ -73,6 +110,9 @@ class ProxyServer:
         """Stop accepting; let in-flight statements finish for up to ``grace_seconds``; close the rest."""
         if self._server is not None:
             self._server.close()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         for connection in list(self.connections):
             connection.shutdown(grace=True)
         if self.connections:
@@ -93,11 +133,12 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await stop.wait()
             log.info("signal received: shutting down (grace %.0fs)", grace_seconds)
             await self.shutdown(grace_seconds)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
 

@@ -1,7 +1,10 @@
 """The established-session relay: frame both directions, forward complete messages, track idleness.
 
-Hot path. Each chunk read is framed (so later stages can see whole messages) and the complete
-messages are forwarded in one ``write`` without copying or decoding them. The relay counts the
+Hot path. Each chunk read is framed (so later stages can see whole messages); the session's gate
+judges the client's requests (see ``pgproxy.gate``) and the complete messages are forwarded in one
+``write``, copied only where a denied message is swapped for its stand-in. When the gate must wait
+for the server (a prepared statement not yet confirmed), the rest of the client's input is held and
+the client is not read until the server has answered. The relay counts the
 requests that expect a ReadyForQuery (Query, Sync, FunctionCall) so it knows when the session is
 idle — the only safe moment to end it for shutdown or token expiry. Flow control: when one side's
 write buffer fills, reading from the other side stops until it drains, so a slow client never
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from pgproxy.gate.session import GateFatal, SessionGate
 from pgproxy.server.endpoint import Endpoint, RelaySink
 from pgproxy.session.inflight import InFlight
 from pgproxy.wire import backend as be
@@ -41,8 +45,13 @@ class Relay:
         *,
         max_client_message: int,
         on_finished: Callable[[], None],
+        gate: SessionGate | None = None,
     ) -> None:
         self.client = client
+        self.gate = gate
+        # Client messages the gate could not judge yet (a prepared statement the server has not
+        # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
+        self._held: list[tuple[bytes, list[tuple[int, int, int]], int]] = []
         self.upstream = upstream
         self.in_flight = InFlight()
         self.transaction_status = "I"
@@ -85,13 +94,48 @@ class Relay:
         except ProtocolError as exc:
             self.fail_client(exc.sqlstate, exc.message)
             return
+        if not complete:
+            return
+        if self._held:
+            self._held.append((complete, frames, 0))
+            return
+        self._forward_client(complete, frames, 0)
+
+    def _forward_client(self, chunk: bytes, frames: list[tuple[int, int, int]], first: int) -> bool:
+        """Judge and forward ``frames[first:]`` of ``chunk``; False when the rest had to be held."""
+        gate = self.gate
+        stop = len(frames)
+        out = chunk
+        if gate is not None:
+            try:
+                out, stop = gate.from_client(chunk, frames, first)
+            except GateFatal as exc:
+                self.fail_client(exc.sqlstate, exc.message)
+                return False
         client_sent = self.in_flight.client_sent
-        for kind, _, _ in frames:
+        for index in range(first, stop):
+            kind = frames[index][0]
             client_sent(kind)
             if kind == _TERMINATE:
                 self.client_terminated = True
-        if complete:
-            self.upstream.write(complete)
+        if out:
+            self.upstream.write(out)
+        if stop < len(frames):
+            # Wait for the server's answers; stop reading the client meanwhile (bounded memory).
+            self._held.insert(0, (chunk, frames, stop))
+            if self.client.transport is not None and not self.client.transport.is_closing():
+                self.client.transport.pause_reading()
+            return False
+        return True
+
+    def _release_held(self) -> None:
+        """Forward held client messages now that the server has answered; stop again if still needed."""
+        while self._held:
+            chunk, frames, first = self._held.pop(0)
+            if not self._forward_client(chunk, frames, first) or self._finished:
+                return
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.resume_reading()
 
     # -- upstream → client ---------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
@@ -111,8 +155,16 @@ class Relay:
                     return
                 self.transaction_status = chr(complete[start])
             server_sent(kind)
+        if self.gate is not None and complete:
+            try:
+                complete = self.gate.from_server(complete, frames)
+            except GateFatal as exc:
+                self.fail_client(exc.sqlstate, exc.message)
+                return
         if complete:
             self.client.write(complete)
+        if self._held:
+            self._release_held()
         if self._end_when_idle is not None and self._ending_point():
             self._end(self._end_when_idle)
 
@@ -172,6 +224,8 @@ class Relay:
 
     def _resume(self, other: Endpoint) -> Callable[[], None]:
         def resume() -> None:
+            if other is self.client and self._held:
+                return  # the client stays paused until its held messages can go
             if other.transport is not None and not other.transport.is_closing():
                 other.transport.resume_reading()
 

@@ -19,6 +19,7 @@ from pgproxy.auth.demo_issuer import DemoIssuer
 from pgproxy.auth.oidc import TokenVerifier
 from tests.support.fake_idp import FakeIdP
 from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
+from tests.support.proxy_plugin import POLICIES
 
 pytestmark = pytest.mark.integration
 PGPROXY = [sys.executable, "-m", "pgproxy.cli"]
@@ -80,7 +81,8 @@ def test_run_from_environment_and_config_file_then_sigterm(
     port = free_port()
     config = tmp_path / "pgproxy.toml"
     config.write_text(f'listen = "127.0.0.1:{port}"\noidc_audience = "{fake_idp.audience}"\n'
-                      'allow_plaintext_loopback = true\nshutdown_grace_seconds = 5\n')
+                      'allow_plaintext_loopback = true\nshutdown_grace_seconds = 5\n'
+                      f'policies = "{POLICIES / "permissive"}"\n')
     env = clean_env(PGPROXY_UPSTREAM=postgres.dsn(UPSTREAM_ROLE) + "?sslmode=disable",
                     PGPROXY_OIDC_ISSUER=fake_idp.issuer, PGPROXY_OIDC_JWKS=fake_idp.jwks_url)
     process = subprocess.Popen([*PGPROXY, "run", "--config", str(config)], env=env, text=True,

@@ -24,6 +24,7 @@ from tests.support.fake_idp import FakeIdP
 from tests.support.pg_plugin import TEST_DATABASE, UPSTREAM_ROLE, RealPostgres
 
 T = TypeVar("T")
+POLICIES = Path(__file__).parent / "policies"
 
 
 class RunningProxy:
@@ -94,6 +95,7 @@ def base_settings(postgres: RealPostgres, idp: FakeIdP, tls_dir: Path) -> dict[s
         "oidc_jwks": idp.jwks_url,
         "allow_plaintext_loopback": True,
         "shutdown_grace_seconds": 5,
+        "policies": POLICIES / "permissive",
     }
 
 

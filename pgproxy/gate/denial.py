@@ -1,0 +1,55 @@
+"""How a refused request is answered: in the server's place in the pipeline, by the server itself.
+
+A denied message is not dropped: pgproxy forwards a *stand-in* that the server is certain to reject
+without side effects (an unparseable query, a Bind to a statement that cannot exist), then replaces
+the server's error with pgproxy's. So the error arrives exactly where the server would have put one:
+after the results of everything pipelined before it, in the right transaction state (an error inside
+a transaction block aborts it, as the client expects), and the server skips the rest of an extended
+batch up to Sync on its own. If the server skips the stand-in (an earlier error in the same batch),
+the client sees only that earlier error — again what the server would have done.
+
+Each stand-in carries a random marker; only an error naming a pending marker is replaced. Pure: the
+caller forwards the bytes. The client's own SQL is never rewritten.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from pgproxy.wire.codec import cstring, frame
+
+DENIED_SQLSTATE = "42501"  # insufficient_privilege
+
+
+def new_marker() -> str:
+    # Lower case and unquoted: the server echoes it unchanged in its error message.
+    return f"pgproxy_denied_{secrets.token_hex(8)}"
+
+
+def query_stand_in(marker: str) -> bytes:
+    """Replaces a Query or FunctionCall: a syntax error, answered by ErrorResponse + ReadyForQuery."""
+    return frame(b"Q", cstring(marker))
+
+
+def parse_stand_in(statement_name: bytes, marker: str) -> bytes:
+    """Replaces a Parse, under the client's statement name: fails like the client's Parse would."""
+    return frame(b"P", statement_name + b"\x00" + cstring(marker) + b"\x00\x00")
+
+
+def bind_stand_in(portal_name: bytes, marker: str) -> bytes:
+    """Replaces a Bind: binds to a statement that cannot exist."""
+    # portal, statement, 0 parameter formats, 0 parameters, 0 result formats
+    return frame(b"B", portal_name + b"\x00" + cstring(marker) + b"\x00\x00\x00\x00\x00\x00")
+
+
+def error_response(sqlstate: str, message: str, *, detail: str | None, hint: str | None, codec: str) -> bytes:
+    """An ERROR-severity ErrorResponse with text in the client's encoding."""
+    fields = [("S", "ERROR"), ("V", "ERROR"), ("C", sqlstate), ("M", message)]
+    if detail:
+        fields.append(("D", detail))
+    if hint:
+        fields.append(("H", hint))
+    body = b"".join(
+        code.encode("ascii") + value.replace("\x00", " ").encode(codec, "replace") + b"\x00" for code, value in fields
+    )
+    return frame(b"E", body + b"\x00")

@@ -1,0 +1,375 @@
+"""The statement gate of one session: every request is classified and decided before it goes upstream.
+
+The relay hands over each run of complete client messages; the gate answers with the bytes to
+forward (the client's original bytes, with each denied message swapped for a stand-in, see
+``denial``) and how many messages it got through. It stops early only when a message refers to a
+prepared statement whose definition the server has not confirmed yet (``prepared``); the relay
+holds the rest until the server answers. Server messages pass through ``from_server`` so the gate
+can follow prepared statements, the client's encoding, and replace the server's answers to stand-ins.
+
+What is judged: Query (every statement; the strictest decision wins), Parse, Bind (a named statement
+is judged again at each use, so a policy reload applies to it), FunctionCall. Everything else is
+forwarded as is. Sans-IO: no sockets, no asyncio; decisions come from the pure policy engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pgproxy.auth.identity import Identity
+from pgproxy.gate import denial
+from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
+from pgproxy.gate.prepared import PreparedStatements
+from pgproxy.policy.engine import Decision, Effect, decide
+from pgproxy.policy.model import PolicySet
+from pgproxy.sql.classify import Classifier, resolve_prepared
+from pgproxy.sql.statement import Category, Flag, Statement
+from pgproxy.wire.framing import Frame
+
+log = logging.getLogger(__name__)
+
+_Q, _P, _B, _E, _C, _S, _F = b"QPBECSF"
+_COPY_DONE, _COPY_FAIL = b"cf"
+_JUDGED = frozenset(b"QPBECSFcf")
+# Server messages the gate follows: completions, errors, ReadyForQuery, ParameterStatus, CopyInResponse.
+_FOLLOWED = frozenset(b"123CIsEZSG")
+_unpack_oid = struct.Struct("!I").unpack_from
+_EMPTY = Statement(Category.READ, "EMPTY")  # an empty query string: the server answers EmptyQueryResponse
+_DECISION_CACHE_LIMIT = 4096
+
+
+class PolicySource(Protocol):
+    """The current policy set; ``version`` changes whenever it is replaced."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def current(self) -> PolicySet: ...
+
+
+class GateFatal(Exception):
+    """The session cannot continue safely (e.g. the client switched to an encoding pgproxy cannot read)."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+class SessionGate:
+    """Classify → decide → forward or stand in, for one client session."""
+
+    def __init__(
+        self,
+        *,
+        classifier: Classifier,
+        policies: PolicySource,
+        identity: Identity,
+        database: str,
+        read_only: bool,
+        client_encoding: str = "UTF8",
+        server_encoding: str = "UTF8",
+        on_decision: Callable[[Statement, Decision], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.database = database
+        self.read_only = read_only
+        self.prepared = PreparedStatements()
+        self._classifier = classifier
+        self._policies = policies
+        self._server_encoding = server_encoding
+        self._codec = python_codec(client_encoding, server_encoding)
+        self._decisions: dict[int, tuple[Statement, Decision]] = {}
+        self._decisions_version = policies.version
+        self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
+        self._on_decision = on_decision
+
+    # -- client → server -----------------------------------------------------------------------
+    def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
+        """Judge ``frames[first:]``; return the bytes to forward and the index of the first frame not handled.
+
+        The returned index is ``len(frames)`` unless a message must wait for the server's answers.
+        """
+        pieces: list[bytes] | None = None
+        copied_to = frames[first][1] - 5 if first < len(frames) else len(data)
+        begin = copied_to
+        index = first
+        for index in range(first, len(frames)):
+            kind, start, end = frames[index]
+            if kind not in _JUDGED:
+                continue
+            try:
+                outcome = self._judge(kind, data, start, end)
+            except (ValueError, IndexError, struct.error) as exc:
+                raise GateFatal("08P01", f"invalid {chr(kind)!r} message from the client") from exc
+            if isinstance(outcome, _Wait):
+                break
+            if outcome is not None:
+                if pieces is None:
+                    pieces = []
+                pieces.append(data[copied_to : start - 5])
+                pieces.append(outcome)
+                copied_to = end
+        else:
+            index = len(frames)
+        stop = frames[index][1] - 5 if index < len(frames) else len(data)
+        if pieces is None:
+            out = data[begin:stop] if (begin or stop != len(data)) else data
+        else:
+            pieces.append(data[copied_to:stop])
+            out = b"".join(pieces)
+        return out, index
+
+    def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
+        """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
+        prepared = self.prepared
+        if kind == _Q:
+            text = self._text(data, start, end)
+            statements = self._statements(text)
+            if statements is None:
+                return _WAIT
+            decision = self._judge_all(statements)
+            if decision is not None:
+                prepared.sent_query(())
+                return self._stand_in(decision, denial.query_stand_in)
+            prepared.sent_query(statements)
+            return None
+        if kind == _P:
+            name_end = data.index(b"\x00", start, end)
+            query_end = data.find(b"\x00", name_end + 1, end)
+            raw_name = data[start:name_end]
+            name = raw_name.decode(self._codec, "surrogateescape")
+            text = self._decode(data[name_end + 1 : query_end if query_end >= 0 else end])
+            statements = self._statements(text)
+            if statements is None:
+                return _WAIT
+            decision = self._judge_all(statements)
+            if decision is not None:
+                prepared.sent_parse(name, None)
+                return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker))
+            prepared.sent_parse(name, _single(statements))
+            return None
+        if kind == _B:
+            portal_end = data.index(b"\x00", start, end)
+            name_end = data.index(b"\x00", portal_end + 1, end)
+            raw_portal = data[start:portal_end]
+            name = data[portal_end + 1 : name_end].decode(self._codec, "surrogateescape")
+            portal = raw_portal.decode(self._codec, "surrogateescape")
+            found = prepared.lookup(name)
+            if found.must_wait:
+                return _WAIT
+            statement = found.statement or _unknown_statement(name)
+            decision = self._judge_all((statement,))
+            if decision is not None:
+                prepared.sent_bind(portal, None)
+                return self._stand_in(decision, lambda marker: denial.bind_stand_in(raw_portal, marker))
+            prepared.sent_bind(portal, statement)
+            return None
+        if kind == _E:
+            portal_end = data.find(b"\x00", start, end)
+            prepared.sent_execute(data[start:portal_end].decode(self._codec, "surrogateescape"))
+        elif kind == _S:
+            prepared.sent_sync()
+        elif kind == _C:
+            name = data[start + 1 : end - 1].decode(self._codec, "surrogateescape")
+            if data[start] == ord("S"):
+                prepared.sent_close_statement(name)
+            else:
+                prepared.sent_close_portal(name)
+        elif kind == _F:
+            oid = _unpack_oid(data, start)[0] if end - start >= 4 else 0
+            call = Statement(
+                Category.PROCEDURAL,
+                "FUNCTION CALL",
+                functions=frozenset({f"oid:{oid}"}),
+                unsafe_functions=frozenset({f"oid:{oid}"}),
+                flags=frozenset({Flag.UNSAFE_FUNCTION}),
+            )
+            decision = self._judge_all((call,))
+            prepared.sent_function_call()
+            if decision is not None:
+                return self._stand_in(decision, denial.query_stand_in)
+        elif kind in (_COPY_DONE, _COPY_FAIL):
+            prepared.sent_copy_end()
+        return None
+
+    # -- classification and decisions ------------------------------------------------------------
+    def _text(self, data: bytes, start: int, end: int) -> str | Statement:
+        nul = data.find(b"\x00", start, end)
+        return self._decode(data[start : nul if nul >= 0 else end])
+
+    def _decode(self, raw: bytes) -> str | Statement:
+        try:
+            return raw.decode(self._codec)
+        except UnicodeDecodeError:
+            return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self._codec}")
+
+    def _statements(self, text: str | Statement) -> tuple[Statement, ...] | None:
+        """The statements of ``text`` with EXECUTE resolved; None when a name's meaning is not settled yet."""
+        if isinstance(text, Statement):
+            return (text,)
+        statements = self._classifier.classify(text).statements
+        if not any(_needs_resolution(statement) for statement in statements):
+            return statements
+        waits: list[str] = []
+
+        def lookup(name: str) -> Statement | None:
+            found = self.prepared.lookup(name)
+            if found.must_wait:
+                waits.append(name)
+            return found.statement
+
+        resolved = tuple(resolve_prepared(statement, lookup) for statement in statements)
+        return None if waits else resolved
+
+    def _judge_all(self, statements: Sequence[Statement]) -> Decision | None:
+        """The deciding decision when the request may not run as is, else None."""
+        strictest: Decision | None = None
+        for statement in statements:
+            decision = self._decide(statement)
+            if decision.effect is Effect.ALLOW:
+                continue
+            if strictest is None or (decision.effect is Effect.DENY and strictest.effect is not Effect.DENY):
+                strictest = decision
+        return strictest
+
+    def _decide(self, statement: Statement) -> Decision:
+        if self._decisions_version != self._policies.version:
+            self._decisions.clear()
+            self._decisions_version = self._policies.version
+        cached = self._decisions.get(id(statement))
+        if cached is not None and cached[0] is statement:
+            decision = cached[1]
+        else:
+            decision = decide(self._policies.current, self.identity, self.database, statement, read_only=self.read_only)
+            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
+                self._decisions.clear()
+            self._decisions[id(statement)] = (statement, decision)  # holding the statement keeps its id unique
+        if self._on_decision is not None:
+            self._on_decision(statement, decision)
+        return decision
+
+    def _stand_in(self, decision: Decision, build: Callable[[str], bytes]) -> bytes:
+        marker = denial.new_marker()
+        self._markers[marker.encode("ascii")] = self._error_for(decision)
+        statement = decision.statement
+        log.info(
+            "%s %s for %s on %s (rule %s)",
+            "held (approval required)" if decision.effect is Effect.REQUIRE_APPROVAL else "denied",
+            statement.command,
+            self.identity.display,
+            self.database,
+            decision.rule_id,
+        )
+        return build(marker)
+
+    def _error_for(self, decision: Decision) -> bytes:
+        statement = decision.statement
+        if decision.effect is Effect.REQUIRE_APPROVAL:
+            message = f"approval required: {decision.reason} (rule {decision.rule_id})"
+        else:
+            message = f"{decision.reason} (rule {decision.rule_id})"
+        detail = (
+            f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
+        )
+        if statement.refusal:
+            detail += f"; {statement.refusal}"
+        return denial.error_response(
+            denial.DENIED_SQLSTATE, message, detail=detail, hint=decision.hint, codec=self._codec
+        )
+
+    # -- server → client -----------------------------------------------------------------------
+    def from_server(self, data: bytes, frames: Sequence[Frame]) -> bytes:
+        """Follow the server's answers; return the bytes for the client (stand-in errors replaced)."""
+        prepared = self.prepared
+        pieces: list[bytes] | None = None
+        copied_to = 0
+        for kind, start, end in frames:
+            if kind not in _FOLLOWED:
+                continue
+            if kind == 0x31:  # '1' ParseComplete
+                prepared.parse_complete()
+            elif kind == 0x43:  # 'C' CommandComplete
+                prepared.command_complete()
+            elif kind == 0x5A:  # 'Z' ReadyForQuery
+                prepared.ready()
+                if prepared.idle:
+                    self._markers.clear()  # every stand-in has been answered or skipped
+            elif kind == 0x45:  # 'E' ErrorResponse
+                prepared.error()
+                replacement = self._replacement(data, start, end)
+                if replacement is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(data[copied_to : start - 5])
+                    pieces.append(replacement)
+                    copied_to = end
+            elif kind == 0x33:  # '3' CloseComplete
+                prepared.close_complete()
+            elif kind in (0x49, 0x73):  # 'I' EmptyQueryResponse, 's' PortalSuspended
+                prepared.execute_finished_without_command()
+            elif kind == 0x47:  # 'G' CopyInResponse
+                prepared.copy_in_started()
+            elif kind == 0x53:  # 'S' ParameterStatus
+                self._parameter_status(data, start, end)
+        if pieces is None:
+            return data
+        pieces.append(data[copied_to:])
+        return b"".join(pieces)
+
+    def _replacement(self, data: bytes, start: int, end: int) -> bytes | None:
+        if not self._markers:
+            return None
+        payload = data[start:end]
+        for marker in self._markers:
+            if marker in payload:
+                return self._markers.pop(marker)
+        return None
+
+    def _parameter_status(self, data: bytes, start: int, end: int) -> None:
+        name_end = data.find(b"\x00", start, end)
+        name = data[start:name_end]
+        if name not in (b"client_encoding", b"server_encoding"):
+            return
+        value = data[name_end + 1 : end - 1].decode("ascii", "replace")
+        if name == b"server_encoding":
+            self._server_encoding = value
+            return
+        try:
+            self._codec = python_codec(value, self._server_encoding)
+        except UnsupportedEncoding as exc:
+            raise GateFatal("0A000", str(exc)) from exc
+
+
+class _Wait:
+    """The message cannot be judged until the server has answered earlier requests."""
+
+
+_WAIT = _Wait()
+
+
+def _single(statements: tuple[Statement, ...]) -> Statement:
+    if not statements:
+        return _EMPTY
+    if len(statements) == 1:
+        return statements[0]
+    # The server refuses several commands in one prepared statement; keep the strictest meaning anyway.
+    from pgproxy.sql.classify import strictest  # noqa: PLC0415
+
+    return strictest(statements) or statements[0]
+
+
+def _needs_resolution(statement: Statement) -> bool:
+    return (
+        statement.command == "EXECUTE"
+        or statement.explained is not None
+        or (statement.prepared_name is not None and statement.command not in ("PREPARE", "DEALLOCATE"))
+    )
+
+
+def _unknown_statement(name: str) -> Statement:
+    return Statement(Category.UNKNOWN, "EXECUTE", prepared_name=name, reason=f'prepared statement "{name}" is unknown')
