@@ -30,6 +30,8 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "max_message_bytes": {"metavar": "N", "type": int},
     "shutdown_grace_seconds": {"metavar": "S", "type": float},
     "startup_timeout_seconds": {"metavar": "S", "type": float},
+    "policies": {"metavar": "DIR", "type": Path},
+    "policy_poll_seconds": {"metavar": "S", "type": float},
     "log_level": {"metavar": "LEVEL"},
 }
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="embedded PostgreSQL + sample data + pgproxy on 127.0.0.1:6432")
     demo.add_argument("--port", type=int, default=6432)
     demo.add_argument("--state-dir", type=Path, default=None, help="where the demo key and cert live")
+    demo.add_argument("--policies", type=Path, default=Path("policies"), metavar="DIR",
+                      help="policy directory (default: ./policies, the examples shipped with pgproxy)")
 
     token = commands.add_parser("token", help="mint a token signed by the demo issuer")
     token.add_argument("--sub", required=True)
@@ -63,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--group", action="append", default=[], dest="groups")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.add_argument("--state-dir", type=Path, default=None)
+
+    policy = commands.add_parser("policy", help="check, explain and test policy files")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate a policy directory and warn about dead rules")
+    check.add_argument("directory", nargs="?", type=Path, default=Path("policies"), metavar="DIR")
+    explain = policy_commands.add_parser("explain", help="show how SQL is classified and decided for an identity")
+    explain.add_argument("--policies", type=Path, default=Path("policies"), metavar="DIR", dest="directory")
+    explain.add_argument("--identity", metavar="YAML", help="e.g. '{sub: agent-7, groups: [ai-agents]}'")
+    explain.add_argument("--sub")
+    explain.add_argument("--email")
+    explain.add_argument("--name")
+    explain.add_argument("--issuer")
+    explain.add_argument("--group", action="append", default=[], dest="groups")
+    explain.add_argument("--database", "-d", required=True)
+    explain.add_argument("sql", metavar="SQL")
+    test = policy_commands.add_parser("test", help="run the cases in DIR/tests/*.yaml")
+    test.add_argument("directory", nargs="?", type=Path, default=Path("policies"), metavar="DIR")
     return parser
 
 
@@ -70,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "policy":
+        return _policy(args)
     state_dir = args.state_dir or default_state_dir()
     if args.command == "demo":
         from pgproxy.app import configure_logging  # noqa: PLC0415
         from pgproxy.demo import run_demo  # noqa: PLC0415
 
+        if not args.policies.is_dir():
+            print(f"pgproxy: policy directory not found: {args.policies} (run from the pgproxy checkout, "
+                  "or pass --policies DIR)", file=sys.stderr)
+            return 2
         configure_logging("WARNING")
-        run_demo(state_dir, args.port)
+        run_demo(state_dir, args.port, args.policies)
         return 0
     from pgproxy.auth.demo_issuer import DemoIssuer  # noqa: PLC0415
 
@@ -93,10 +120,37 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pgproxy: {exc}", file=sys.stderr)
         return 2
     from pgproxy.app import configure_logging, run_loop, serve  # noqa: PLC0415
+    from pgproxy.policy.loader import PolicyLoadError  # noqa: PLC0415
 
     configure_logging(settings.log_level)
-    run_loop(serve(settings))
+    try:
+        run_loop(serve(settings))
+    except PolicyLoadError as exc:
+        print(f"pgproxy: the policies in {settings.policies} are not valid; not starting:\n{exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from pgproxy.policy import tooling  # noqa: PLC0415
+    from pgproxy.policy.loader import PolicyLoadError  # noqa: PLC0415
+
+    if args.policy_command == "check":
+        report = tooling.check(args.directory)
+    elif args.policy_command == "test":
+        report = tooling.run_tests(args.directory)
+    else:
+        try:
+            identity = tooling.identity_from_options(
+                spec=args.identity, sub=args.sub, email=args.email, groups=args.groups,
+                issuer=args.issuer, name=args.name,
+            )
+        except PolicyLoadError as exc:
+            print(f"pgproxy: {exc}", file=sys.stderr)
+            return 2
+        report = tooling.explain(args.directory, identity, args.database, args.sql)
+    print(report.text, end="")
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ CREATE TABLE customers (
     id          serial PRIMARY KEY,
     name        text NOT NULL,
     email       text NOT NULL UNIQUE,
-    national_id text NOT NULL,
+    phone       text NOT NULL,
+    country     text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE orders (
@@ -36,10 +37,10 @@ CREATE TABLE orders (
     status      text NOT NULL DEFAULT 'placed',
     created_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO customers (name, email, national_id) VALUES
-    ('Ada Lovelace', 'ada@example.com', '123-45-6789'),
-    ('Grace Hopper', 'grace@example.org', '987-65-4321'),
-    ('Alan Turing', 'alan@example.net', '555-12-3456');
+INSERT INTO customers (name, email, phone, country) VALUES
+    ('Ada Lovelace', 'ada@example.com', '+44 20 7946 0018', 'GB'),
+    ('Grace Hopper', 'grace@example.org', '+1 212 555 0147', 'US'),
+    ('Alan Turing', 'alan@example.net', '+44 161 496 0753', 'GB');
 INSERT INTO orders (customer_id, amount, status)
     SELECT 1 + (n % 3), round((random() * 200)::numeric, 2), (ARRAY['placed','shipped','returned'])[1 + n % 3]
     FROM generate_series(1, 30) AS n;

@@ -23,7 +23,7 @@ from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
 from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
 from pgproxy.gate.prepared import PreparedStatements
-from pgproxy.policy.engine import Decision, Effect, decide
+from pgproxy.policy.engine import Decision, Effect, decide, decide_all
 from pgproxy.policy.model import PolicySet
 from pgproxy.sql.classify import Classifier, resolve_prepared
 from pgproxy.sql.statement import Category, Flag, Statement
@@ -73,7 +73,6 @@ class SessionGate:
         read_only: bool,
         client_encoding: str = "UTF8",
         server_encoding: str = "UTF8",
-        on_decision: Callable[[Statement, Decision], None] | None = None,
     ) -> None:
         self.identity = identity
         self.database = database
@@ -86,7 +85,6 @@ class SessionGate:
         self._decisions: dict[int, tuple[Statement, Decision]] = {}
         self._decisions_version = policies.version
         self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
-        self._on_decision = on_decision
 
     # -- client → server -----------------------------------------------------------------------
     def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
@@ -227,15 +225,27 @@ class SessionGate:
         return None if waits else resolved
 
     def _judge_all(self, statements: Sequence[Statement]) -> Decision | None:
-        """The deciding decision when the request may not run as is, else None."""
-        strictest: Decision | None = None
-        for statement in statements:
-            decision = self._decide(statement)
-            if decision.effect is Effect.ALLOW:
-                continue
-            if strictest is None or (decision.effect is Effect.DENY and strictest.effect is not Effect.DENY):
-                strictest = decision
-        return strictest
+        """The decision when the request may not run as is, else None (allowed)."""
+        if not statements:
+            return None  # an empty query runs nothing
+        if len(statements) == 1:
+            decision = self._decide(statements[0])
+        else:
+            # Several statements: the engine combines them (strictest wins, mixed approvals are refused).
+            decision = decide_all(
+                self._policies.current, self.identity, self.database, statements, read_only=self.read_only
+            )
+        if decision.effect is Effect.ALLOW:
+            if decision.notify:
+                log.warning(
+                    "break-glass: %s ran %s on %s under rule %s",
+                    self.identity.display,
+                    decision.statement.command,
+                    self.database,
+                    decision.rule_id,
+                )
+            return None
+        return decision
 
     def _decide(self, statement: Statement) -> Decision:
         if self._decisions_version != self._policies.version:
@@ -249,8 +259,6 @@ class SessionGate:
             if len(self._decisions) >= _DECISION_CACHE_LIMIT:
                 self._decisions.clear()
             self._decisions[id(statement)] = (statement, decision)  # holding the statement keeps its id unique
-        if self._on_decision is not None:
-            self._on_decision(statement, decision)
         return decision
 
     def _stand_in(self, decision: Decision, build: Callable[[str], bytes]) -> bytes:
@@ -269,10 +277,11 @@ class SessionGate:
 
     def _error_for(self, decision: Decision) -> bytes:
         statement = decision.statement
+        message = decision.reason
+        if decision.rule_id not in message:
+            message += f" (rule {decision.rule_id})"
         if decision.effect is Effect.REQUIRE_APPROVAL:
-            message = f"approval required: {decision.reason} (rule {decision.rule_id})"
-        else:
-            message = f"{decision.reason} (rule {decision.rule_id})"
+            message = f"approval required: {message}"
         detail = (
             f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
         )

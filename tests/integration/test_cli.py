@@ -136,13 +136,19 @@ def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
         token, conninfo = match.group(1).strip("'"), match.group(2)
         result = subprocess.run(
             ["psql", "-X", "-At", conninfo, "-c",
-             "SELECT count(*) FROM customers; SELECT application_name FROM pg_stat_activity "
-             "WHERE pid = pg_backend_pid()"],
+             "SELECT count(*) FROM customers; SHOW application_name"],
             env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, capture_output=True, text=True, timeout=60,
             check=False,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == ["3", "agent-x@example.com via pgproxy (psql)"]
+        refused = subprocess.run(
+            ["psql", "-X", "-At", conninfo, "-c", "DROP TABLE orders"],
+            env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert "approval required" in refused.stderr and "agents-ddl-and-exports" in refused.stderr
     finally:
         process.send_signal(signal.SIGINT)
         try:
