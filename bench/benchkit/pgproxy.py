@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,7 +118,31 @@ def mint_token(issuer: Issuer, ttl_seconds: int) -> str:
     return issuer.mint(IDENTITY_SUBJECT, email=IDENTITY_EMAIL, ttl_seconds=ttl_seconds)
 
 
-def pgproxy_argv(command: PgproxyCommand, cluster: Postgres, issuer: Issuer, port: int) -> list[str]:
+# The benchmark identity's rule, added to the repository's example policies so that every statement
+# is judged against a realistic policy set (guardrails, agents, deployers, DBAs) on the hot path.
+BENCH_POLICY = f"""\
+rules:
+  - id: bench-pgbench
+    description: the benchmark client runs pgbench's statements
+    who: {{subjects: [{IDENTITY_SUBJECT}]}}
+    databases: ["*"]
+    categories: [read, write, session, transaction]
+    effect: allow
+"""
+
+
+def write_bench_policies(directory: Path) -> Path:
+    """A policy directory: the repository's example policies plus the benchmark identity's rule."""
+    directory.mkdir(exist_ok=True)
+    for example in sorted((_REPO_ROOT / "policies").glob("*.yaml")):
+        shutil.copyfile(example, directory / example.name)
+    (directory / "zz-bench.yaml").write_text(BENCH_POLICY)
+    return directory
+
+
+def pgproxy_argv(
+    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, port: int, policies: Path
+) -> list[str]:
     """The full ``pgproxy run`` command line for listening on 127.0.0.1:``port``."""
     return [
         *command.base, "run",
@@ -127,6 +152,7 @@ def pgproxy_argv(command: PgproxyCommand, cluster: Postgres, issuer: Issuer, por
         "--oidc-audience", issuer.audience,
         "--oidc-jwks", os.fspath(issuer.jwks_path),
         "--allow-plaintext-loopback",
+        "--policies", os.fspath(policies),
         *command.extra,
     ]
 
@@ -138,7 +164,7 @@ def start_pgproxy(
     workdir.mkdir(exist_ok=True)
     service = start_service(
         "pgproxy",
-        pgproxy_argv(command, cluster, issuer, port),
+        pgproxy_argv(command, cluster, issuer, port, write_bench_policies(workdir / "policies")),
         cwd=workdir,
         log_path=workdir / "pgproxy.log",
         env=command.env(),

@@ -22,6 +22,7 @@ from typing import Protocol
 from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
 from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
+from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements
 from pgproxy.policy.engine import Decision, Effect, decide, decide_all
 from pgproxy.policy.model import PolicySet
@@ -73,6 +74,7 @@ class SessionGate:
         read_only: bool,
         client_encoding: str = "UTF8",
         server_encoding: str = "UTF8",
+        limits: RowLimits | None = None,
     ) -> None:
         self.identity = identity
         self.database = database
@@ -85,6 +87,8 @@ class SessionGate:
         self._decisions: dict[int, tuple[Statement, Decision]] = {}
         self._decisions_version = policies.version
         self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
+        self._limits = limits if limits is not None and limits.active else None
+        self._followed = _FOLLOWED | COUNTED if self._limits is not None else _FOLLOWED
 
     # -- client → server -----------------------------------------------------------------------
     def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
@@ -293,13 +297,23 @@ class SessionGate:
 
     # -- server → client -----------------------------------------------------------------------
     def from_server(self, data: bytes, frames: Sequence[Frame]) -> bytes:
-        """Follow the server's answers; return the bytes for the client (stand-in errors replaced)."""
+        """Follow the server's answers; return the bytes for the client (stand-in errors replaced).
+
+        Raises :class:`LimitExceeded` when a row goes over the session's limits.
+        """
         prepared = self.prepared
         pieces: list[bytes] | None = None
         copied_to = 0
+        followed = self._followed
+        limits = self._limits
         for kind, start, end in frames:
-            if kind not in _FOLLOWED:
+            if kind not in followed:
                 continue
+            if limits is not None:
+                reason = limits.over(kind)
+                if reason is not None:
+                    allowed = b"".join([*(pieces or []), data[copied_to : start - 5]])
+                    raise LimitExceeded(allowed, "54000", f"pgproxy ended the session: {reason}")
             if kind == 0x31:  # '1' ParseComplete
                 prepared.parse_complete()
             elif kind == 0x43:  # 'C' CommandComplete

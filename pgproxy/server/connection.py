@@ -21,6 +21,7 @@ from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
 from pgproxy.gate.encoding import UnsupportedEncoding
+from pgproxy.gate.limits import RowLimits
 from pgproxy.gate.session import PolicySource, SessionGate
 from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
@@ -86,6 +87,12 @@ def upstream_session_settings(profile: SessionProfile) -> tuple[tuple[str, str],
     if profile.read_only:
         settings.append(("default_transaction_read_only", "on"))
     return tuple(settings)
+
+
+def _row_limits(profile: SessionProfile) -> RowLimits | None:
+    if profile.limits is None:
+        return None
+    return RowLimits(profile.limits.max_rows, profile.limits.max_export_rows, f"session {profile.settings_id}")
 
 
 def is_loopback(peer: object) -> bool:
@@ -315,6 +322,7 @@ class ClientConnection:
             read_only=profile.read_only,
             client_encoding=reported.get("client_encoding", "UTF8"),
             server_encoding=reported.get("server_encoding", "UTF8"),
+            limits=_row_limits(profile),
         )
 
     def _schedule_expiry(self, identity: Identity) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from pgproxy.gate.limits import LimitExceeded
 from pgproxy.gate.session import GateFatal, SessionGate
 from pgproxy.server.endpoint import Endpoint, RelaySink
 from pgproxy.session.inflight import InFlight
@@ -159,6 +160,11 @@ class Relay:
             try:
                 complete = self.gate.from_server(complete, frames)
             except GateFatal as exc:
+                self.fail_client(exc.sqlstate, exc.message)
+                return
+            except LimitExceeded as exc:
+                log.info("%s", exc.message)
+                self.client.write(exc.allowed)
                 self.fail_client(exc.sqlstate, exc.message)
                 return
         if complete:
