@@ -45,22 +45,22 @@ def test_a_result_over_the_limit_ends_the_session(limited_proxy: RunningProxy, r
 
 
 def test_a_cursor_fetch_over_the_limit_ends_the_session(limited_proxy: RunningProxy) -> None:
-    with connect(limited_proxy) as conn:
-        with conn.transaction(), conn.cursor(name="c") as cursor:
-            cursor.execute("SELECT n FROM generate_series(1, 4) AS n")
-            assert cursor.fetchmany(4) == [(1,), (2,), (3,), (4,)]
-    with connect(limited_proxy) as conn, pytest.raises(psycopg.OperationalError):  # noqa: PT012
-        with conn.transaction(), conn.cursor(name="c") as cursor:
+    with connect(limited_proxy) as conn, conn.transaction(), conn.cursor(name="c") as cursor:
+        cursor.execute("SELECT n FROM generate_series(1, 4) AS n")
+        assert cursor.fetchmany(4) == [(1,), (2,), (3,), (4,)]
+    with pytest.raises(psycopg.OperationalError) as raised:
+        with connect(limited_proxy) as conn, conn.transaction(), conn.cursor(name="c") as cursor:
             cursor.execute("SELECT n FROM generate_series(1, 10) AS n")
             cursor.fetchall()
+    assert "more than 5 rows" in str(raised.value)
 
 
 def test_exports_have_their_own_limit(limited_proxy: RunningProxy) -> None:
-    with connect(limited_proxy) as conn:
-        with conn.cursor().copy("COPY (SELECT n FROM generate_series(1, 3) AS n) TO STDOUT") as copy:
-            assert b"".join(bytes(chunk) for chunk in copy) == b"1\n2\n3\n"
-    with connect(limited_proxy) as conn, pytest.raises(psycopg.OperationalError) as raised:  # noqa: PT012
-        with conn.cursor().copy("COPY (SELECT n FROM generate_series(1, 4) AS n) TO STDOUT") as copy:
+    export = "COPY (SELECT n FROM generate_series(1, {}) AS n) TO STDOUT"
+    with connect(limited_proxy) as conn, conn.cursor().copy(export.format(3)) as copy:
+        assert b"".join(bytes(chunk) for chunk in copy) == b"1\n2\n3\n"
+    with pytest.raises(psycopg.OperationalError) as raised:
+        with connect(limited_proxy) as conn, conn.cursor().copy(export.format(4)) as copy:
             for _ in copy:
                 pass
     assert "max_export_rows" in str(raised.value)
