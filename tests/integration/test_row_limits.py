@@ -44,23 +44,27 @@ def test_a_result_over_the_limit_ends_the_session(limited_proxy: RunningProxy, r
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def fetch_through_cursor(proxy: RunningProxy, rows: int) -> list[tuple[object, ...]]:
+    with connect(proxy) as conn, conn.transaction(), conn.cursor(name="c") as cursor:
+        cursor.execute("SELECT n FROM generate_series(1, %s) AS n", [rows])
+        return cursor.fetchall()
+
+
+def export(proxy: RunningProxy, rows: int) -> bytes:
+    query = f"COPY (SELECT n FROM generate_series(1, {rows}) AS n) TO STDOUT"
+    with connect(proxy) as conn, conn.cursor().copy(query) as copy:
+        return b"".join(bytes(chunk) for chunk in copy)
+
+
 def test_a_cursor_fetch_over_the_limit_ends_the_session(limited_proxy: RunningProxy) -> None:
-    with connect(limited_proxy) as conn, conn.transaction(), conn.cursor(name="c") as cursor:
-        cursor.execute("SELECT n FROM generate_series(1, 4) AS n")
-        assert cursor.fetchmany(4) == [(1,), (2,), (3,), (4,)]
+    assert fetch_through_cursor(limited_proxy, 4) == [(1,), (2,), (3,), (4,)]
     with pytest.raises(psycopg.OperationalError) as raised:
-        with connect(limited_proxy) as conn, conn.transaction(), conn.cursor(name="c") as cursor:
-            cursor.execute("SELECT n FROM generate_series(1, 10) AS n")
-            cursor.fetchall()
+        fetch_through_cursor(limited_proxy, 10)
     assert "more than 5 rows" in str(raised.value)
 
 
 def test_exports_have_their_own_limit(limited_proxy: RunningProxy) -> None:
-    export = "COPY (SELECT n FROM generate_series(1, {}) AS n) TO STDOUT"
-    with connect(limited_proxy) as conn, conn.cursor().copy(export.format(3)) as copy:
-        assert b"".join(bytes(chunk) for chunk in copy) == b"1\n2\n3\n"
+    assert export(limited_proxy, 3) == b"1\n2\n3\n"
     with pytest.raises(psycopg.OperationalError) as raised:
-        with connect(limited_proxy) as conn, conn.cursor().copy(export.format(4)) as copy:
-            for _ in copy:
-                pass
+        export(limited_proxy, 4)
     assert "max_export_rows" in str(raised.value)
