@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 
+from pgproxy.policy.engine import Decision, Effect
 from pgproxy.wire.codec import cstring, frame
 
 DENIED_SQLSTATE = "42501"  # insufficient_privilege
@@ -53,3 +54,17 @@ def error_response(sqlstate: str, message: str, *, detail: str | None, hint: str
         code.encode("ascii") + value.replace("\x00", " ").encode(codec, "replace") + b"\x00" for code, value in fields
     )
     return frame(b"E", body + b"\x00")
+
+
+def decision_error(decision: Decision, codec: str) -> bytes:
+    """The ErrorResponse a client gets for a denied (or, for now, held) request."""
+    statement = decision.statement
+    message = decision.reason
+    if decision.rule_id not in message:
+        message += f" (rule {decision.rule_id})"
+    if decision.effect is Effect.REQUIRE_APPROVAL:
+        message = f"approval required: {message}"
+    detail = f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
+    if statement.refusal:
+        detail += f"; {statement.refusal}"
+    return error_response(DENIED_SQLSTATE, message, detail=detail, hint=decision.hint, codec=codec)

@@ -74,8 +74,11 @@ class SessionGate:
         read_only: bool,
         client_encoding: str = "UTF8",
         server_encoding: str = "UTF8",
+        standard_conforming_strings: str = "on",
         limits: RowLimits | None = None,
     ) -> None:
+        """Raises :class:`UnsupportedEncoding` or :class:`GateFatal` when the session cannot be judged."""
+        _check_string_syntax(standard_conforming_strings)
         self.identity = identity
         self.database = database
         self.read_only = read_only
@@ -267,7 +270,7 @@ class SessionGate:
 
     def _stand_in(self, decision: Decision, build: Callable[[str], bytes]) -> bytes:
         marker = denial.new_marker()
-        self._markers[marker.encode("ascii")] = self._error_for(decision)
+        self._markers[marker.encode("ascii")] = denial.decision_error(decision, self._codec)
         statement = decision.statement
         log.info(
             "%s %s for %s on %s (rule %s)",
@@ -278,22 +281,6 @@ class SessionGate:
             decision.rule_id,
         )
         return build(marker)
-
-    def _error_for(self, decision: Decision) -> bytes:
-        statement = decision.statement
-        message = decision.reason
-        if decision.rule_id not in message:
-            message += f" (rule {decision.rule_id})"
-        if decision.effect is Effect.REQUIRE_APPROVAL:
-            message = f"approval required: {message}"
-        detail = (
-            f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
-        )
-        if statement.refusal:
-            detail += f"; {statement.refusal}"
-        return denial.error_response(
-            denial.DENIED_SQLSTATE, message, detail=detail, hint=decision.hint, codec=self._codec
-        )
 
     # -- server → client -----------------------------------------------------------------------
     def from_server(self, data: bytes, frames: Sequence[Frame]) -> bytes:
@@ -356,9 +343,12 @@ class SessionGate:
     def _parameter_status(self, data: bytes, start: int, end: int) -> None:
         name_end = data.find(b"\x00", start, end)
         name = data[start:name_end]
-        if name not in (b"client_encoding", b"server_encoding"):
+        if name not in (b"client_encoding", b"server_encoding", b"standard_conforming_strings"):
             return
         value = data[name_end + 1 : end - 1].decode("ascii", "replace")
+        if name == b"standard_conforming_strings":
+            _check_string_syntax(value)
+            return
         if name == b"server_encoding":
             self._server_encoding = value
             return
@@ -366,6 +356,13 @@ class SessionGate:
             self._codec = python_codec(value, self._server_encoding)
         except UnsupportedEncoding as exc:
             raise GateFatal("0A000", str(exc)) from exc
+
+
+def _check_string_syntax(standard_conforming_strings: str) -> None:
+    # pgproxy parses with standard_conforming_strings on; with it off the server reads '…\'…' otherwise,
+    # so the two would split and read statements differently.
+    if standard_conforming_strings.strip().lower() != "on":
+        raise GateFatal("0A000", "pgproxy requires standard_conforming_strings = on on the database server")
 
 
 class _Wait:

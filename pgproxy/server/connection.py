@@ -22,7 +22,7 @@ from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
 from pgproxy.gate.encoding import UnsupportedEncoding
 from pgproxy.gate.limits import RowLimits
-from pgproxy.gate.session import PolicySource, SessionGate
+from pgproxy.gate.session import GateFatal, PolicySource, SessionGate
 from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
 from pgproxy.server.endpoint import ConnectionClosed, Endpoint
@@ -270,6 +270,9 @@ class ClientConnection:
         except UnsupportedEncoding as exc:
             upstream.endpoint.close()
             raise Refusal("0A000", str(exc)) from exc
+        except GateFatal as exc:
+            upstream.endpoint.close()
+            raise Refusal(exc.sqlstate, exc.message) from exc
         key = upstream.login.backend_key
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:
@@ -322,6 +325,7 @@ class ClientConnection:
             read_only=profile.read_only,
             client_encoding=reported.get("client_encoding", "UTF8"),
             server_encoding=reported.get("server_encoding", "UTF8"),
+            standard_conforming_strings=reported.get("standard_conforming_strings", "off"),
             limits=_row_limits(profile),
         )
 

@@ -7,6 +7,7 @@ same statement shape. It must never hold literal values: they may be sensitive.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,18 +18,50 @@ class Category(StrEnum):
     READ = "read"  # SELECT of allow-listed functions only, SHOW, EXPLAIN (no ANALYZE) of a read
     WRITE = "write"  # INSERT/UPDATE/DELETE/MERGE, SELECT FOR UPDATE, nextval(), large-object writes
     DDL = "ddl"  # CREATE/ALTER/DROP/TRUNCATE/COMMENT/REFRESH …, SELECT INTO
-    PRIVILEGE = "privilege"  # GRANT/REVOKE, roles, SET ROLE/SESSION AUTHORIZATION, search_path, RESET ALL
+    PRIVILEGE = "privilege"  # GRANT/REVOKE, roles, SET ROLE/SESSION AUTHORIZATION, search_path, RESET/DISCARD ALL
     EXPORT = "export"  # COPY … TO STDOUT
     IMPORT = "import"  # COPY … FROM STDIN
-    SESSION = "session"  # SET/RESET of an allow-listed setting, DISCARD PLANS/TEMP, PREPARE/DEALLOCATE of reads
+    SESSION = "session"  # SET/RESET of an allow-listed setting, DISCARD PLANS/TEMP, DEALLOCATE
     TRANSACTION = "transaction"  # BEGIN/COMMIT/ROLLBACK/SAVEPOINT …
     PROCEDURAL = "procedural"  # DO, CALL, user-defined or unknown functions, dblink, query_to_xml, fast-path calls
-    UTILITY = "utility"  # VACUUM, ANALYZE, CHECKPOINT, LISTEN/NOTIFY, LOCK, pg_terminate_backend …
+    UTILITY = "utility"  # VACUUM, ANALYZE, LISTEN/NOTIFY, LOCK, pg_terminate_backend(), EXPLAIN ANALYZE of a read
     UNKNOWN = "unknown"  # does not parse, unknown prepared statement name, anything unrecognised
 
 
 # Categories that change nothing in the database; the read allow-list of a read-only session.
 READ_ONLY_CATEGORIES = frozenset({Category.READ, Category.SESSION, Category.TRANSACTION, Category.EXPORT})
+
+# How much a category may do, least first. Where one statement has several natures (a SELECT calling
+# nextval(), COPY of a query, several statements in one message) the strictest one names it. The read-only
+# categories rank below every other, so a combination is read-only only when every part is. WRITE ranks
+# above EXPORT because a read-only session lets exports through; IMPORT above WRITE (bulk writes);
+# PROCEDURAL above DDL (code can do anything its role may); PRIVILEGE above that (it changes who the role
+# is, or what it may do); UNKNOWN above all (fail closed).
+SEVERITY: dict[Category, int] = {
+    category: rank
+    for rank, category in enumerate(
+        (
+            Category.READ,
+            Category.TRANSACTION,
+            Category.SESSION,
+            Category.EXPORT,
+            Category.UTILITY,
+            Category.WRITE,
+            Category.IMPORT,
+            Category.DDL,
+            Category.PROCEDURAL,
+            Category.PRIVILEGE,
+            Category.UNKNOWN,
+        )
+    )
+}
+
+
+def strictest_category(*categories: Category) -> Category:
+    """The category of highest ``SEVERITY`` (UNKNOWN when none is given: nothing known is not safe)."""
+    if not categories:
+        return Category.UNKNOWN
+    return max(categories, key=SEVERITY.__getitem__)
 
 
 class Flag(StrEnum):
@@ -69,13 +102,33 @@ class Statement:
     setting: str | None = None  # SET/RESET/SHOW: which setting ("all" for RESET ALL); lower case
     explained: Statement | None = None  # EXPLAIN: the statement explained
     prepared: Statement | None = None  # PREPARE name AS <prepared>
-    prepared_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE: the name ("" for DEALLOCATE ALL)
+    prepared_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE / CREATE TABLE AS EXECUTE: the name
     refusal: str | None = None  # refused whatever the policy says (COPY PROGRAM, server files), and why
     reason: str | None = None  # why the category is UNKNOWN (e.g. the parser's error)
+    node: str | None = None  # the parser's node type of the statement ("SelectStmt"), None when unparsed
 
     @property
     def relations(self) -> frozenset[Relation]:
         return self.reads | self.writes
+
+    @property
+    def severity(self) -> int:
+        return SEVERITY[self.category]
+
+
+def strictest(statements: Iterable[Statement]) -> Statement | None:
+    """The statement that must decide for all of them; None for no statements.
+
+    A refused statement (``refusal`` set) comes first whatever its category, since nothing may undo a
+    refusal; then the highest category ``SEVERITY``; the first of equals.
+    """
+    found: Statement | None = None
+    found_rank = (False, -1)
+    for statement in statements:
+        rank = (statement.refusal is not None, SEVERITY[statement.category])
+        if rank > found_rank:
+            found, found_rank = statement, rank
+    return found
 
 
 @dataclass(frozen=True, slots=True)
