@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from pgproxy.sql.statement import Statement
+from pgproxy.sql.statement import Category, Statement, strictest
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ class PreparedStatements:
     @property
     def idle(self) -> bool:
         return not self._pending
+
+    @property
+    def boundaries(self) -> int:
+        """Requests forwarded that the server answers with ReadyForQuery (Query, Sync, FunctionCall)."""
+        return self._batch
 
     # -- what pgproxy forwarded ----------------------------------------------------------------
     def sent_parse(self, name: str, statement: Statement | None) -> None:
@@ -255,3 +260,28 @@ def statement_effects(statement: Statement) -> list[Effect]:
     if command in ("DEALLOCATE ALL", "DISCARD ALL"):
         return [(None, None)]
     return []
+
+
+_EMPTY = Statement(Category.READ, "EMPTY")  # an empty query string: the server answers EmptyQueryResponse
+
+
+def meaning_of(statements: tuple[Statement, ...]) -> Statement:
+    """What a Parse's text defines: its statement (the strictest, should a client send several)."""
+    if not statements:
+        return _EMPTY
+    if len(statements) == 1:
+        return statements[0]
+    return strictest(statements) or statements[0]  # the server refuses several commands in one Parse
+
+
+def needs_resolution(statement: Statement) -> bool:
+    """Whether the statement refers to a prepared statement by name (EXECUTE, also inside EXPLAIN …)."""
+    return (
+        statement.command == "EXECUTE"
+        or statement.explained is not None
+        or (statement.prepared_name is not None and statement.command not in ("PREPARE", "DEALLOCATE"))
+    )
+
+
+def unknown_name(name: str) -> Statement:
+    return Statement(Category.UNKNOWN, "EXECUTE", prepared_name=name, reason=f'prepared statement "{name}" is unknown')

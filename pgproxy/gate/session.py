@@ -21,13 +21,15 @@ from typing import Protocol
 
 from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
+from pgproxy.gate.barrier import SettingsBarrier, barrier_decision, check_string_syntax
 from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
+from pgproxy.gate.fastpath import fast_path_statement
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
-from pgproxy.gate.prepared import PreparedStatements
+from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
 from pgproxy.policy.engine import Decision, Effect, decide, decide_all
 from pgproxy.policy.model import PolicySet
 from pgproxy.sql.classify import Classifier, resolve_prepared
-from pgproxy.sql.statement import Category, Flag, Statement
+from pgproxy.sql.statement import Category, Statement
 from pgproxy.wire.framing import Frame
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,11 @@ log = logging.getLogger(__name__)
 _Q, _P, _B, _E, _C, _S, _F = b"QPBECSF"
 _COPY_DONE, _COPY_FAIL = b"cf"
 _JUDGED = frozenset(b"QPBECSFcf")
+_TEXT = frozenset(b"QP")  # messages carrying statement text
+_NAME_BYTES = 63  # the server keys prepared statements and portals by their first NAMEDATALEN - 1 bytes
 # Server messages the gate follows: completions, errors, ReadyForQuery, ParameterStatus, CopyInResponse.
 _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
-_EMPTY = Statement(Category.READ, "EMPTY")  # an empty query string: the server answers EmptyQueryResponse
 _DECISION_CACHE_LIMIT = 4096
 
 
@@ -90,6 +93,7 @@ class SessionGate:
         self._decisions: dict[int, tuple[Statement, Decision]] = {}
         self._decisions_version = policies.version
         self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
+        self._barrier = SettingsBarrier()
         self._limits = limits if limits is not None and limits.active else None
         self._followed = _FOLLOWED | COUNTED if self._limits is not None else _FOLLOWED
 
@@ -132,6 +136,16 @@ class SessionGate:
     def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
         """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
         prepared = self.prepared
+        if self._barrier.up and kind in _TEXT:
+            if not self._barrier.refuses:
+                return _WAIT
+            refused = barrier_decision()
+            if kind == _Q:
+                prepared.sent_query(())
+                return self._stand_in(refused, denial.query_stand_in)
+            raw_name = data[start : data.index(b"\x00", start, end)]
+            prepared.sent_parse(self._name(raw_name), None)
+            return self._stand_in(refused, lambda marker: denial.parse_stand_in(raw_name, marker))
         if kind == _Q:
             text = self._text(data, start, end)
             statements = self._statements(text)
@@ -142,12 +156,13 @@ class SessionGate:
                 prepared.sent_query(())
                 return self._stand_in(decision, denial.query_stand_in)
             prepared.sent_query(statements)
+            self._barrier.after_query(statements, prepared.boundaries)
             return None
         if kind == _P:
             name_end = data.index(b"\x00", start, end)
             query_end = data.find(b"\x00", name_end + 1, end)
             raw_name = data[start:name_end]
-            name = raw_name.decode(self._codec, "surrogateescape")
+            name = self._name(raw_name)
             text = self._decode(data[name_end + 1 : query_end if query_end >= 0 else end])
             statements = self._statements(text)
             if statements is None:
@@ -156,18 +171,18 @@ class SessionGate:
             if decision is not None:
                 prepared.sent_parse(name, None)
                 return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker))
-            prepared.sent_parse(name, _single(statements))
+            prepared.sent_parse(name, meaning_of(statements))
             return None
         if kind == _B:
             portal_end = data.index(b"\x00", start, end)
             name_end = data.index(b"\x00", portal_end + 1, end)
             raw_portal = data[start:portal_end]
-            name = data[portal_end + 1 : name_end].decode(self._codec, "surrogateescape")
-            portal = raw_portal.decode(self._codec, "surrogateescape")
+            name = self._name(data[portal_end + 1 : name_end])
+            portal = self._name(raw_portal)
             found = prepared.lookup(name)
             if found.must_wait:
                 return _WAIT
-            statement = found.statement or _unknown_statement(name)
+            statement = found.statement or unknown_name(name)
             decision = self._judge_all((statement,))
             if decision is not None:
                 prepared.sent_bind(portal, None)
@@ -175,25 +190,20 @@ class SessionGate:
             prepared.sent_bind(portal, statement)
             return None
         if kind == _E:
-            portal_end = data.find(b"\x00", start, end)
-            prepared.sent_execute(data[start:portal_end].decode(self._codec, "surrogateescape"))
+            portal = self._name(data[start : data.find(b"\x00", start, end)])
+            prepared.sent_execute(portal)
+            self._barrier.after_execute(prepared.portal(portal), prepared.boundaries)
         elif kind == _S:
             prepared.sent_sync()
+            self._barrier.after_sync()
         elif kind == _C:
-            name = data[start + 1 : end - 1].decode(self._codec, "surrogateescape")
+            name = self._name(data[start + 1 : end - 1])
             if data[start] == ord("S"):
                 prepared.sent_close_statement(name)
             else:
                 prepared.sent_close_portal(name)
         elif kind == _F:
-            oid = _unpack_oid(data, start)[0] if end - start >= 4 else 0
-            call = Statement(
-                Category.PROCEDURAL,
-                "FUNCTION CALL",
-                functions=frozenset({f"oid:{oid}"}),
-                unsafe_functions=frozenset({f"oid:{oid}"}),
-                flags=frozenset({Flag.UNSAFE_FUNCTION}),
-            )
+            call = fast_path_statement(_unpack_oid(data, start)[0])
             decision = self._judge_all((call,))
             prepared.sent_function_call()
             if decision is not None:
@@ -201,6 +211,12 @@ class SessionGate:
         elif kind in (_COPY_DONE, _COPY_FAIL):
             prepared.sent_copy_end()
         return None
+
+    def _name(self, raw: bytes) -> str:
+        """A statement or portal name as the server keys it: cut to 63 bytes (NAMEDATALEN - 1)."""
+        if self._codec != "utf-8":
+            raw = raw.decode(self._codec, "surrogateescape").encode("utf-8", "surrogateescape")
+        return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 
     # -- classification and decisions ------------------------------------------------------------
     def _text(self, data: bytes, start: int, end: int) -> str | Statement:
@@ -218,7 +234,7 @@ class SessionGate:
         if isinstance(text, Statement):
             return (text,)
         statements = self._classifier.classify(text).statements
-        if not any(_needs_resolution(statement) for statement in statements):
+        if not any(needs_resolution(statement) for statement in statements):
             return statements
         waits: list[str] = []
 
@@ -307,6 +323,7 @@ class SessionGate:
                 prepared.command_complete()
             elif kind == 0x5A:  # 'Z' ReadyForQuery
                 prepared.ready()
+                self._barrier.ready()
                 if prepared.idle:
                     self._markers.clear()  # every stand-in has been answered or skipped
             elif kind == 0x45:  # 'E' ErrorResponse
@@ -359,10 +376,9 @@ class SessionGate:
 
 
 def _check_string_syntax(standard_conforming_strings: str) -> None:
-    # pgproxy parses with standard_conforming_strings on; with it off the server reads '…\'…' otherwise,
-    # so the two would split and read statements differently.
-    if standard_conforming_strings.strip().lower() != "on":
-        raise GateFatal("0A000", "pgproxy requires standard_conforming_strings = on on the database server")
+    problem = check_string_syntax(standard_conforming_strings)
+    if problem is not None:
+        raise GateFatal("0A000", problem)
 
 
 class _Wait:
@@ -370,26 +386,3 @@ class _Wait:
 
 
 _WAIT = _Wait()
-
-
-def _single(statements: tuple[Statement, ...]) -> Statement:
-    if not statements:
-        return _EMPTY
-    if len(statements) == 1:
-        return statements[0]
-    # The server refuses several commands in one prepared statement; keep the strictest meaning anyway.
-    from pgproxy.sql.classify import strictest  # noqa: PLC0415
-
-    return strictest(statements) or statements[0]
-
-
-def _needs_resolution(statement: Statement) -> bool:
-    return (
-        statement.command == "EXECUTE"
-        or statement.explained is not None
-        or (statement.prepared_name is not None and statement.command not in ("PREPARE", "DEALLOCATE"))
-    )
-
-
-def _unknown_statement(name: str) -> Statement:
-    return Statement(Category.UNKNOWN, "EXECUTE", prepared_name=name, reason=f'prepared statement "{name}" is unknown')

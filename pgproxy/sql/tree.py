@@ -81,7 +81,17 @@ WRITE_FIELDS: dict[str, tuple[str, ...]] = {
 _NOTED = (
     frozenset(WRITE_FIELDS)
     | DML
-    | {"RangeVar", "FuncCall", "A_Expr", "SubLink", "SortBy", "RangeTableSample", "SelectStmt", "CopyStmt"}
+    | {
+        "RangeVar",
+        "FuncCall",
+        "A_Expr",
+        "A_Indirection",
+        "SubLink",
+        "SortBy",
+        "RangeTableSample",
+        "SelectStmt",
+        "CopyStmt",
+    }
 )
 
 
@@ -198,6 +208,13 @@ def _note(kind: str, node: Fields, written: set[int], facts: Facts) -> None:
     """Record what node ``kind`` says about the statement (calls, clauses, written relations)."""
     if kind == "FuncCall":
         facts.functions.append((names_of(node.get("funcname")), len(node.get("args") or ())))
+    elif kind == "A_Indirection":
+        # `(expr).name` selects a field — or calls the one-argument function `name` on expr
+        # (functional notation), which the server picks when expr has no such field: judge it as a call.
+        for element in node.get("indirection") or ():
+            string = element.get("String") if isinstance(element, dict) else None
+            if isinstance(string, dict):
+                facts.functions.append(((string.get("sval", ""),), 1))
     elif kind == "A_Expr":
         facts.operators.append(names_of(node.get("name")))
     elif kind == "SubLink" and node.get("operName"):

@@ -413,22 +413,23 @@ async def test_pipeline_of_1000_bind_execute_then_one_sync(proxy: RunningProxy, 
 
 
 async def test_function_call_fastpath(proxy: RunningProxy, postgres: RealPostgres) -> None:
-    calls = (
-        fe.FunctionCall(2026),  # pg_backend_pid(), text result
-        fe.FunctionCall(177, (1,), (struct.pack("!i", 2), struct.pack("!i", 3)), 1),  # int4pl(2, 3), binary
-        fe.FunctionCall(1),  # no such function
-    )
-    async with proxied_session(proxy) as proxied, direct_session(postgres) as direct:
-        got = {}
-        for name, client in (("proxied", proxied), ("direct", direct)):
-            got[name] = [await responses(client, call) for call in calls]
-            pid = backend_key(client).process_id
-            assert got[name][0] == [be.FunctionCallResponse(str(pid).encode()), be.ReadyForQuery("I")]
-        assert got["proxied"][1:] == got["direct"][1:]
-        assert got["proxied"][1] == [be.FunctionCallResponse(struct.pack("!i", 5)), be.ReadyForQuery("I")]
-        error = got["proxied"][2][0]
-        assert isinstance(error, be.ErrorResponse)
-        assert (error.sqlstate, error.message) == ("42883", "function with OID 1 does not exist")
+    """Fast-path calls of large-object functions behave as directly; other OIDs are refused (pgproxy cannot
+    tell what a function given only by OID does) and the session stays usable."""
+    create = fe.FunctionCall(957, (1,), (struct.pack("!i", -1),), 1)  # lo_creat(-1), binary result
+    async with proxied_session(proxy) as proxied:
+        created = await responses(proxied, create)
+        assert isinstance(created[0], be.FunctionCallResponse) and created[0].value is not None
+        oid = struct.unpack("!I", created[0].value)[0]
+        unlink = fe.FunctionCall(964, (1,), (struct.pack("!I", oid),), 1)  # lo_unlink(oid)
+        assert await responses(proxied, unlink) == [
+            be.FunctionCallResponse(struct.pack("!i", 1)), be.ReadyForQuery("I"),
+        ]
+        for refused in (fe.FunctionCall(2026), fe.FunctionCall(177, (1,), (b"\0\0\0\2", b"\0\0\0\3"), 1),
+                        fe.FunctionCall(1)):
+            error, ready = await responses(proxied, refused)
+            assert isinstance(error, be.ErrorResponse) and ready == be.ReadyForQuery("I")
+            assert error.sqlstate == "42501" and "pgproxy:refused" in error.message
+            assert error.detail is not None and "fast-path" in error.detail
         assert await proxied.query_values("SELECT 'usable'") == [("usable",)]
 
 

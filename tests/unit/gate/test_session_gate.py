@@ -120,3 +120,14 @@ def test_a_malformed_parse_ends_the_session() -> None:
     with pytest.raises(GateFatal) as raised:
         gate().from_client(data, frames)
     assert raised.value.sqlstate == "08P01"
+
+
+def test_statement_names_are_cut_like_the_server_cuts_them() -> None:
+    session = gate()
+    long_name = "n" * 63
+    through(session, fe.Parse(long_name + "1", "SELECT 1"), fe.Sync())
+    session.from_server(*MessageFramer().feed(be.ParseComplete().encode() + be.ReadyForQuery("I").encode()))
+    # "…2" is the same statement to the server
+    assert session.prepared.lookup(long_name).statement is not None
+    forwarded, handled, total = through(session, fe.Bind("", long_name + "2"), fe.Execute("", 0), fe.Sync())
+    assert handled == total and forwarded.startswith(b"B")

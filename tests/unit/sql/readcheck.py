@@ -52,6 +52,16 @@ def _safe_call(call: dict[str, Any]) -> bool:
     return not (base == "ts_rewrite" and len(call.get("args", [])) == 2)
 
 
+def _safe_field_selections(indirection: dict[str, Any]) -> bool:
+    """`(expr).name` may be a call of the one-argument function `name`: safe only if such a call would be."""
+    for element in indirection.get("indirection", []):
+        if "String" in element:
+            call = {"funcname": [element], "args": [indirection.get("arg")]}
+            if not _safe_call(call):
+                return False
+    return True
+
+
 def _safe_operator(items: Any) -> bool:
     name = _name(items)
     return _builtin(name) and name[-1] in SAFE_OPERATORS
@@ -90,6 +100,8 @@ def may_be_read(kind: str, node: dict[str, Any]) -> bool:
         if key == "lockingClause" and value:
             return False
         if key == "FuncCall" and not _safe_call(value):
+            return False
+        if key == "A_Indirection" and not _safe_field_selections(value):
             return False
         if key == "A_Expr" and not _safe_operator(value["name"]):
             return False
