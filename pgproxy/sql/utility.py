@@ -39,6 +39,7 @@ _TRANSACTION_COMMANDS = {
     "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED",
     "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED",
 }
+_TWO_PHASE = frozenset({"PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"})
 _DISCARD = {
     "DISCARD_ALL": (Category.PRIVILEGE, "DISCARD ALL"),  # includes RESET ALL and SET SESSION AUTHORIZATION DEFAULT
     "DISCARD_PLANS": (Category.SESSION, "DISCARD PLANS"),
@@ -115,6 +116,10 @@ def transaction(ctx: Context, kind: str, fields: Fields, depth: int) -> Statemen
     if command is None:
         return finish(kind, Category.UNKNOWN, "?", reason="unknown transaction statement")
     flags = {Flag.READ_WRITE_TRANSACTION} if _read_write(fields.get("options")) else set()
+    if command in _TWO_PHASE:
+        # A prepared transaction outlives its session and can be finished from any session of the same
+        # login, i.e. from any other pgproxy session: a write for whichever work it holds.
+        return finish(kind, Category.WRITE, command, flags=flags)
     return finish(kind, Category.TRANSACTION, command, flags=flags)
 
 
