@@ -2,7 +2,7 @@
 
 Measures, on this machine and in this process:
 - the pgbench select-only statement (``SELECT abalance FROM pgbench_accounts WHERE aid = N``) with a
-  different aid each time: uncached (parse + walk), the cache key alone (pglast's scanner), and cached
+  different aid each time: uncached (parse + walk), the cache key alone (pglast's normalization), and cached
   (key + hit); and with ``$1`` (the extended protocol's identical text): uncached and cached;
 - a mix of statements from PostgreSQL's regression corpus, uncached and cached;
 and prints the category distribution of the corpus. Run: ``.venv/bin/python bench/classify_bench.py``.
@@ -49,7 +49,7 @@ def main() -> None:
     classifier.classify(pgbench[0])
     print("pgbench select-only statement, a new aid each time")
     print(f"  uncached (parse + walk)  {per_call_us(classify_uncached, pgbench, args.repeats):8.2f} µs")
-    print(f"  cache key only (scan)    {per_call_us(shape_key, pgbench, args.repeats):8.2f} µs")
+    print(f"  cache key only (normalize){per_call_us(shape_key, pgbench, args.repeats):8.2f} µs")
     print(f"  cached (key + hit)       {per_call_us(classifier.classify, pgbench, args.repeats):8.2f} µs")
     print(f"  parses for {classifier.hits + classifier.misses} classifications: {classifier.misses}")
     extended = [PGBENCH.format("$1")] * args.count

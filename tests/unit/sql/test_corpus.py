@@ -95,18 +95,21 @@ def with_other_constants(sql: str, values: dict[str, str]) -> str:
 def test_no_cacheable_classification_depends_on_a_constant(
     corpus: list[dict[str, Any]], values: dict[str, str]
 ) -> None:
-    """What the cache assumes, checked on every corpus statement: same shape, same classification.
+    """What the cache assumes, checked on every corpus statement: same key, same classification.
 
     Texts the grammar itself rejects for a constant's value (``ALTER COLUMN 0``) are skipped: they do
-    not parse, so the server refuses them too.
+    not parse, so the server refuses them too. Constants the parser does not treat as such (type
+    modifiers like ``numeric(10,3)``) stay in the key: those texts simply do not share it.
     """
-    differing, rejected = [], 0
+    differing, rejected, shared = [], 0, 0
     for row in corpus:
         original, cacheable = classify_text(row["sql"])
         if not cacheable:
             continue
         respelled = with_other_constants(row["sql"], values)
-        assert shape_key(respelled) == shape_key(row["sql"])
+        if shape_key(respelled) != shape_key(row["sql"]):
+            continue
+        shared += 1
         other = classify_uncached(respelled)
         if other.unparseable:
             rejected += 1
@@ -115,3 +118,4 @@ def test_no_cacheable_classification_depends_on_a_constant(
             differing.append(row["sql"])
     assert differing == []
     assert rejected <= 20
+    assert shared > 20_000  # the check covered most of the corpus
