@@ -27,16 +27,12 @@ def changes_reading(statement: Statement) -> bool:
 class SettingsBarrier:
     """Counts ReadyForQuery answers against the request that raised the barrier."""
 
-    __slots__ = ("_answered", "_batch_open", "_until")
+    __slots__ = ("_answered", "_batch_open", "until")
 
     def __init__(self) -> None:
-        self._until: int | None = None  # ReadyForQuery answers to wait for
+        self.until: int | None = None  # ReadyForQuery answers to wait for; None: no barrier (read directly)
         self._batch_open = False  # raised inside an extended batch whose Sync has not been sent
         self._answered = 0
-
-    @property
-    def up(self) -> bool:
-        return self._until is not None
 
     @property
     def refuses(self) -> bool:
@@ -46,11 +42,11 @@ class SettingsBarrier:
     def after_query(self, statements: tuple[Statement, ...], boundaries: int) -> None:
         """A Query went upstream; ``boundaries`` counts it."""
         if any(changes_reading(statement) for statement in statements):
-            self._until = boundaries
+            self.until = boundaries
 
     def after_execute(self, statement: Statement | None, boundaries: int) -> None:
         if statement is not None and changes_reading(statement):
-            self._until = boundaries + 1  # answered at the batch's Sync
+            self.until = boundaries + 1  # answered at the batch's Sync
             self._batch_open = True
 
     def after_sync(self) -> None:
@@ -59,8 +55,8 @@ class SettingsBarrier:
     def ready(self) -> None:
         """The server sent ReadyForQuery (after any ParameterStatus of the statement)."""
         self._answered += 1
-        if self._until is not None and not self._batch_open and self._answered >= self._until:
-            self._until = None
+        if self.until is not None and not self._batch_open and self._answered >= self.until:
+            self.until = None
 
 
 def barrier_decision() -> Decision:

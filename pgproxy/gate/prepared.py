@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pgproxy.sql.statement import Category, Statement, strictest
 
@@ -32,17 +32,27 @@ log = logging.getLogger(__name__)
 Effect = tuple[str | None, Statement | None]  # (name, statement to define) or (name, None) to remove
 
 _PARSE, _CLOSE, _EXECUTE, _QUERY, _FUNCTION, _SYNC = "P", "C", "E", "Q", "F", "S"
-_MARKERS = frozenset({_QUERY, _FUNCTION, _SYNC})  # each answered by one ReadyForQuery
+_MARKERS = frozenset({_QUERY, _FUNCTION, _SYNC})
+_NO_EFFECTS: list[Effect] = []  # each answered by one ReadyForQuery
 
 
-@dataclass(slots=True)
 class _Request:
-    kind: str
-    batch: int
-    effects: list[Effect] = field(default_factory=list)  # applied when the request completes
-    # Query only: effects of each statement, applied at the statement's CommandComplete.
-    per_statement: list[list[Effect]] | None = None
-    completed: int = 0  # Query: CommandCompletes seen so far
+    """One forwarded request whose answer is followed (a plain class: one is made per message)."""
+
+    __slots__ = ("batch", "completed", "effects", "kind", "per_statement")
+
+    def __init__(
+        self,
+        kind: str,
+        batch: int,
+        effects: list[Effect] = _NO_EFFECTS,
+        per_statement: list[list[Effect]] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.batch = batch
+        self.effects = effects  # applied when the request completes (never mutated: shared when empty)
+        self.per_statement = per_statement  # Query only: each statement's effects, applied at its CommandComplete
+        self.completed = 0  # Query: CommandCompletes seen so far
 
     def all_effects(self) -> list[Effect]:
         if self.per_statement is None:
@@ -101,7 +111,7 @@ class PreparedStatements:
         """A Parse went upstream; ``statement`` None means it is expected to fail (a denial)."""
         if statement is None:
             # The server discards the unnamed statement before it parses; a named one is untouched.
-            self._append(_PARSE, [("", None)] if name == "" else [])
+            self._append(_PARSE, [("", None)] if name == "" else _NO_EFFECTS)
         else:
             self._append(_PARSE, [(name, statement)])
 
@@ -111,7 +121,7 @@ class PreparedStatements:
     def sent_close_portal(self, name: str) -> None:
         if not self._skipping:
             self._portals.pop(name, None)
-        self._append(_CLOSE, [])
+        self._append(_CLOSE, _NO_EFFECTS)
 
     def sent_bind(self, portal: str, statement: Statement | None) -> None:
         if not self._skipping:
@@ -119,7 +129,7 @@ class PreparedStatements:
 
     def sent_execute(self, portal: str) -> None:
         statement = self._portals.get(portal)
-        self._append(_EXECUTE, statement_effects(statement) if statement is not None else [])
+        self._append(_EXECUTE, statement_effects(statement) if statement is not None else _NO_EFFECTS)
 
     def sent_query(self, statements: tuple[Statement, ...]) -> None:
         """A Query went upstream; each statement's effects apply when that statement completes."""
@@ -251,7 +261,7 @@ def _after(
 
 
 def statement_effects(statement: Statement) -> list[Effect]:
-    """What a statement does to the name table when it completes."""
+    """What a statement does to the name table when it completes (never mutate the result)."""
     command = statement.command
     if command == "PREPARE" and statement.prepared_name is not None and statement.prepared is not None:
         return [(statement.prepared_name, statement.prepared)]
@@ -259,7 +269,7 @@ def statement_effects(statement: Statement) -> list[Effect]:
         return [(statement.prepared_name, None)]
     if command in ("DEALLOCATE ALL", "DISCARD ALL"):
         return [(None, None)]
-    return []
+    return _NO_EFFECTS
 
 
 _EMPTY = Statement(Category.READ, "EMPTY")  # an empty query string: the server answers EmptyQueryResponse

@@ -136,7 +136,7 @@ class SessionGate:
     def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
         """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
         prepared = self.prepared
-        if self._barrier.up and kind in _TEXT:
+        if self._barrier.until is not None and kind in _TEXT:
             if not self._barrier.refuses:
                 return _WAIT
             refused = barrier_decision()
@@ -214,6 +214,8 @@ class SessionGate:
 
     def _name(self, raw: bytes) -> str:
         """A statement or portal name as the server keys it: cut to 63 bytes (NAMEDATALEN - 1)."""
+        if not raw:
+            return ""  # the unnamed statement or portal: what most drivers use
         if self._codec != "utf-8":
             raw = raw.decode(self._codec, "surrogateescape").encode("utf-8", "surrogateescape")
         return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
