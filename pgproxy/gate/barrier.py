@@ -12,10 +12,9 @@ client's Sync, which the held text would block, so text there is refused instead
 from __future__ import annotations
 
 from pgproxy.policy.engine import Decision, Effect
+from pgproxy.sql.settings import READING_SETTINGS
 from pgproxy.sql.statement import Category, Statement
 
-# Settings that change how the server reads statement text.
-READING_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding", "backslash_quote"})
 # Statements that can change settings: SET/RESET/set_config (privilege), and code pgproxy cannot see.
 _MAY_CHANGE_SETTINGS = frozenset({Category.PRIVILEGE, Category.PROCEDURAL, Category.UNKNOWN})
 

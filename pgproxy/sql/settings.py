@@ -1,11 +1,11 @@
 """What changing a run-time setting (SET, RESET, SET LOCAL) does, by the setting's name.
 
-Settings that decide who the session is or what it may see or do (role, search_path, read-only defaults,
-row security, anything that changes how the server reads the statement text, and every custom dotted
-setting, since those often drive row-level security) are PRIVILEGE. A short allow-list of settings that
-only change presentation, planning, memory or time limits is SESSION. Every other setting is UNKNOWN:
-new settings are not assumed harmless. Names are compared in lower case, as PostgreSQL compares them.
-Pure data and lookups: no parsing, no I/O.
+Settings that decide who the session is or what it may see or do (role, search_path, read-only
+defaults, row security, and every custom dotted setting, since those often drive row-level security)
+are PRIVILEGE. A short allow-list of settings that only change presentation, planning, memory or time
+limits is SESSION, and so are the two that change how text is read (see ``READING_SETTINGS``).
+Every other setting is UNKNOWN: new settings are not assumed harmless. Names are compared in lower
+case, as PostgreSQL compares them. Pure data and lookups: no parsing, no I/O.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ PRIVILEGE_SETTINGS = frozenset(
         "default_transaction_read_only",  # pgproxy's read-only sessions rely on it
         "transaction_read_only",
         "application_name",  # carries the caller's identity into pg_stat_activity and logs
-        "client_encoding",  # pgproxy decodes statement text with it
-        "standard_conforming_strings",  # off: the server reads backslashes in '…' differently from pgproxy
         "backslash_quote",
         "session_replication_role",  # replica: triggers and foreign keys stop firing
         "row_security",
@@ -36,8 +34,15 @@ def _names(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-SESSION_SETTINGS = (PASSABLE_SETTINGS - {"application_name", "client_encoding"}) | _names(
+# Settings that change how the server reads statement text. Changing them is SESSION (drivers and
+# libpq's PQsetClientEncoding do it at connect) only because the gate makes it safe: it judges no
+# further text until the server has reported the new value, and ends the session if pgproxy cannot
+# read text that way (standard_conforming_strings off, an encoding that hides ASCII bytes).
+READING_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
+
+SESSION_SETTINGS = (PASSABLE_SETTINGS - {"application_name"}) | READING_SETTINGS | _names(
     """
+    escape_string_warning
     enable_async_append enable_bitmapscan enable_distinct_reordering enable_gathermerge
     enable_group_by_reordering enable_hashagg enable_hashjoin enable_incremental_sort enable_indexonlyscan
     enable_indexscan enable_material enable_memoize enable_mergejoin enable_nestloop enable_parallel_append

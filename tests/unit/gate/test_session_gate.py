@@ -131,3 +131,50 @@ def test_statement_names_are_cut_like_the_server_cuts_them() -> None:
     assert session.prepared.lookup(long_name).statement is not None
     forwarded, handled, total = through(session, fe.Bind("", long_name + "2"), fe.Execute("", 0), fe.Sync())
     assert handled == total and forwarded.startswith(b"B")
+
+
+@pytest.mark.parametrize(
+    ("setting", "status"),
+    [
+        ("SET standard_conforming_strings = off", ("standard_conforming_strings", "off")),
+        ("SET client_encoding = 'SJIS'", ("client_encoding", "SJIS")),
+        ("SET NAMES 'BIG5'", ("client_encoding", "BIG5")),
+    ],
+)
+def test_text_behind_a_reading_change_waits_and_the_session_ends(setting: str, status: tuple[str, str]) -> None:
+    session = gate()
+    smuggled = fe.Query("SELECT 'x\\' , $$' ; DELETE FROM t; -- $$")
+    forwarded, handled, total = through(session, fe.Query(setting), smuggled)
+    assert (handled, total) == (1, 2) and forwarded == fe.Query(setting).encode()  # the second waits
+    answer = be.ParameterStatus(*status).encode() + be.ReadyForQuery("I").encode()
+    with pytest.raises(GateFatal) as raised:
+        session.from_server(*MessageFramer().feed(answer))
+    assert raised.value.sqlstate == "0A000"
+
+
+def test_text_in_the_same_extended_batch_behind_a_reading_change_is_refused() -> None:
+    session = gate()
+    forwarded, handled, total = through(
+        session,
+        fe.Parse("", "SET standard_conforming_strings = off"),
+        fe.Bind("", ""),
+        fe.Execute("", 0),
+        fe.Parse("", "SELECT 1"),
+        fe.Sync(),
+    )
+    assert handled == total
+    assert b"SELECT 1" not in forwarded and b"pgproxy_denied_" in forwarded
+
+
+def test_a_harmless_reading_setting_lets_text_through_once_answered() -> None:
+    session = gate()
+    forwarded, handled, _ = through(session, fe.Query("SET client_encoding = 'UTF8'"), fe.Query("SELECT 1"))
+    assert handled == 1
+    session.from_server(
+        *MessageFramer().feed(be.ParameterStatus("client_encoding", "UTF8").encode() + be.ReadyForQuery("I").encode())
+    )
+    data, frames = MessageFramer().feed(
+        fe.Query("SET client_encoding = 'UTF8'").encode() + fe.Query("SELECT 1").encode()
+    )
+    forwarded, handled = session.from_client(data, frames, 1)
+    assert handled == 2 and forwarded == fe.Query("SELECT 1").encode()

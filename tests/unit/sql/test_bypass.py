@@ -236,12 +236,15 @@ SESSION_PRIVILEGE = [
     case("SET default_transaction_read_only = off", P),
     case("SET transaction_read_only TO 0", P),
     case("SET application_name = 'someone else'", P),
-    case("SET NAMES 'SJIS'", P, setting="client_encoding"),
-    case("SET client_encoding = 'BIG5'", P),
+    # Settings that change how text is read are SESSION: the gate holds further text until the server
+    # reports the new value and ends the session when pgproxy cannot read it (tests/unit/gate).
+    case("SET NAMES 'SJIS'", Category.SESSION, setting="client_encoding"),
+    case("SET client_encoding = 'BIG5'", Category.SESSION, setting="client_encoding"),
     case("SET session_replication_role = replica", P),
     case("SET row_security = off", P),
     case("SET app.tenant_id = '42'", P, setting="app.tenant_id"),
-    case("SET standard_conforming_strings = off", P),
+    case("SET standard_conforming_strings = off", Category.SESSION, setting="standard_conforming_strings"),
+    case("SET backslash_quote = on", P, setting="backslash_quote"),
     case("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", TX, Flag.READ_WRITE_TRANSACTION),
     case("SET TRANSACTION READ WRITE", TX, Flag.READ_WRITE_TRANSACTION),
     case("BEGIN READ WRITE", TX, Flag.READ_WRITE_TRANSACTION),

@@ -248,7 +248,7 @@ def test_allow_list_never_contains_a_dangerous_name() -> None:
     assert not SAFE_FUNCTIONS & set(DANGER)
     assert not SAFE_FUNCTIONS & SERVER_FILE_FUNCTIONS
     assert not PRIVILEGE_SETTINGS & SESSION_SETTINGS
-    for name in ("application_name", "client_encoding", "search_path", "role", "row_security"):
+    for name in ("application_name", "search_path", "role", "row_security", "backslash_quote"):
         assert name not in SESSION_SETTINGS
 
 
@@ -299,7 +299,7 @@ def test_recorded_names_are_judged_no_less_strictly() -> None:
         ("TimeZone", S),
         ("enable_seqscan", S),
         ("application_name", P),
-        ("client_encoding", P),
+        ("client_encoding", Category.SESSION),  # safe only through the gate's settings barrier
         ("log_statement", UNK),
     ],
 )
