@@ -62,9 +62,13 @@ def decision_error(decision: Decision, codec: str) -> bytes:
     message = decision.reason
     if decision.rule_id not in message:
         message += f" (rule {decision.rule_id})"
+    hint = decision.hint
     if decision.effect is Effect.REQUIRE_APPROVAL:
         message = f"approval required: {message}"
+        # Until statements can be held for approval, the caller needs someone who may run it directly.
+        needed = decision.approval.describe() if decision.approval is not None else "an approval"
+        hint = f"this statement needs {needed}; pgproxy cannot hold it for approval yet, so it was not run"
     detail = f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
     if statement.refusal:
         detail += f"; {statement.refusal}"
-    return error_response(DENIED_SQLSTATE, message, detail=detail, hint=decision.hint, codec=codec)
+    return error_response(DENIED_SQLSTATE, message, detail=detail, hint=hint, codec=codec)
