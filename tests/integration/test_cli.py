@@ -67,6 +67,36 @@ def test_invalid_settings_fail_at_start_naming_the_setting(arguments: list[str],
     assert f"invalid setting '{named}'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "located"),
+    [
+        ("rules:\n  - id: r1\n    who: {everyone: true}\n    databases: [app]\n    categories: [read]\n"
+         "    effect: permit\n", "broken.yaml:6"),
+        ("rules:\n  - id: r1\n    who: {everyone: true}\n    databases: [app]\n    categories: [read]\n"
+         "    effect: allow\n    colour: blue\n", "broken.yaml:7"),
+        ("rules: [\n", "broken.yaml:"),
+    ],
+)
+def test_invalid_policies_stop_pgproxy_at_start_naming_file_and_line(
+    tmp_path: Path, content: str, located: str
+) -> None:
+    (tmp_path / "broken.yaml").write_text(content)
+    base = ["--upstream", "postgresql://u@127.0.0.1/db", "--oidc-issuer", "https://idp.example",
+            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback", "--oidc-jwks", str(tmp_path / "none.json")]
+    result = subprocess.run([*PGPROXY, "run", *base, "--policies", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, env=clean_env(), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "are not valid; not starting" in result.stderr and located in result.stderr
+
+
+def test_missing_policy_directory_is_a_setting_error(tmp_path: Path) -> None:
+    base = ["--upstream", "postgresql://u@127.0.0.1/db", "--oidc-issuer", "https://idp.example",
+            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback"]
+    result = subprocess.run([*PGPROXY, "run", *base, "--policies", str(tmp_path / "absent")], capture_output=True,
+                            text=True, timeout=60, env=clean_env(), check=False)
+    assert result.returncode == 2 and "invalid setting 'policies'" in result.stderr
+
+
 def test_missing_required_settings_are_named() -> None:
     result = subprocess.run([*PGPROXY, "run"], capture_output=True, text=True, timeout=60, env=clean_env(),
                             check=False)
