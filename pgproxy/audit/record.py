@@ -1,0 +1,312 @@
+"""One audit record, its JSON form and its canonical serialization for hashing.
+
+An :class:`AuditRecord` is an immutable value: what happened (``kind``), when, in which session, by whom,
+and for statement records what was decided and what came of it. Records are created *unsealed* (``seq`` 0,
+empty ``chain_id``/``prev_hash``/``hash``); :class:`pgproxy.audit.chain.Chain` seals them.
+
+This module is pure: no I/O, no asyncio, no clock reads except in :func:`utc_timestamp` when called
+without an argument and the random ``record_id`` default. It must never hold secrets: there is no field
+for a token or a password, and callers must not put one in ``text``, ``reason`` or ``error_message``
+(masked values never reach the audit log either).
+
+Canonical form (what the chain hashes)
+--------------------------------------
+
+``canonical_bytes(record)`` is the RFC 8785 (JSON Canonicalization Scheme) serialization of the record's
+JSON object *without* its ``hash`` member, encoded as UTF-8. Concretely, for the value types a record
+can hold:
+
+* one JSON object; members sorted by key (all keys are ASCII, so code-point and UTF-16 order agree);
+  no whitespace anywhere; ``,`` and ``:`` as separators;
+* a member whose value is ``null`` or an empty array is **omitted** (so optional fields added in a later
+  format version do not change the hash of older records); empty strings are kept;
+* strings: ``"``/``\\`` escaped with a backslash, U+0008/0009/000A/000C/000D as ``\\b \\t \\n \\f \\r``,
+  other U+0000..U+001F as ``\\u00xx`` (lowercase hex), every other character literally (including
+  U+007F and U+2028); lone surrogates are refused at construction;
+* integers (``version``, ``seq``, ``statement_index``, ``rows``) in plain decimal, 0 ≤ n < 2**53;
+* ``duration_ms`` is rounded to 3 decimals (microseconds) at construction and written as the shortest
+  decimal that round-trips the IEEE double, without exponent and without a trailing ``.0``
+  (``12.5``, ``3``, ``0.001``) — the ECMAScript number form RFC 8785 prescribes; 0 ≤ value < 1e15;
+* arrays (``groups``, ``relations``, ``approvers``) keep their order.
+
+The record hash is ``sha256(prev_hash_ascii || canonical_bytes).hexdigest()`` (lowercase hex), see
+``chain.py``. A store or an external verifier reproduces it with any RFC 8785 implementation, or with
+Python's ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` after dropping
+``hash``, nulls and empty arrays and writing ``duration_ms`` as above. ``to_json()`` is exactly the
+canonical form with ``hash`` included, so a JSONL line minus its ``hash`` member is the hashed text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+FORMAT_VERSION = 1
+MAX_SAFE_INT = 2**53 - 1
+MAX_DURATION_MS = 1e15
+
+_E = TypeVar("_E", bound=StrEnum)
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_HASH = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
+_SQLSTATE = re.compile(r"[0-9A-Z]{5}")
+
+
+class RecordKind(StrEnum):
+    SESSION_START = "session_start"
+    SESSION_END = "session_end"
+    AUTH_FAILURE = "auth_failure"
+    STATEMENT = "statement"  # the intent: written (durably) before the statement is forwarded
+    OUTCOME = "outcome"  # what came of a statement; ``intent_id`` names its statement record
+
+
+class Decision(StrEnum):
+    """The policy decision for a statement (the values of ``pgproxy.policy.model.Effect``)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    REQUIRE_APPROVAL = "require_approval"
+
+
+class InvalidRecord(ValueError):
+    """A record value or a JSON text that is not a valid audit record."""
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    """``when`` (an aware datetime; now if omitted) as the record time: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    if when is None:
+        when = datetime.now(UTC)
+    elif when.tzinfo is None:
+        raise InvalidRecord("audit times must be timezone-aware")
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def new_record_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One audit event. Fields a kind does not use stay ``None`` or empty."""
+
+    kind: RecordKind
+    time: str
+    record_id: str = field(default_factory=new_record_id)
+    version: int = FORMAT_VERSION
+    # Chain position, set by Chain.seal (unsealed: "", 0, "", "").
+    chain_id: str = ""
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+    # Session and identity.
+    session_id: str | None = None
+    client_address: str | None = None
+    subject: str | None = None
+    email: str | None = None
+    groups: tuple[str, ...] = ()
+    issuer: str | None = None
+    database: str | None = None
+    upstream_role: str | None = None
+    # Statement (intent).
+    statement_index: int | None = None
+    text: str | None = None
+    fingerprint: str | None = None
+    category: str | None = None
+    command: str | None = None
+    relations: tuple[str, ...] = ()
+    decision: Decision | None = None
+    rule_id: str | None = None
+    approval_id: str | None = None
+    approvers: tuple[str, ...] = ()
+    # Outcome.
+    intent_id: str | None = None
+    command_tag: str | None = None
+    rows: int | None = None
+    sqlstate: str | None = None
+    error_message: str | None = None
+    duration_ms: float | None = None
+    # Auth failures, session end.
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def sealed(self) -> bool:
+        return self.seq > 0
+
+    def to_json(self) -> str:
+        """The record as one line of JSON (no newline): the canonical form, ``hash`` included."""
+        return _encode_object(self._members(include_hash=True))
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes the chain hashes: the canonical form without ``hash`` (see the module docstring)."""
+        return _encode_object(self._members(include_hash=False)).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AuditRecord:
+        """Parse one JSON object; unknown or duplicate keys, NaN/Infinity and wrong types are refused."""
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRecord(f"not a JSON audit record: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRecord("an audit record is a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        unknown = set(data) - _FIELD_NAMES
+        if unknown:
+            raise InvalidRecord(f"unknown audit record fields: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            if raw is None:
+                continue
+            value = raw
+            if name in _TUPLE_FIELDS:
+                if not isinstance(raw, list):
+                    raise InvalidRecord(f"{name} must be an array")
+                value = tuple(raw)
+            elif name == "kind":
+                value = _enum(RecordKind, name, raw)
+            elif name == "decision":
+                value = _enum(Decision, name, raw)
+            elif name == "duration_ms" and isinstance(raw, int) and not isinstance(raw, bool):
+                value = float(raw)
+            values[name] = value
+        for required in ("kind", "time"):
+            if required not in values:
+                raise InvalidRecord(f"audit record without {required}")
+        return cls(**values)
+
+    def _members(self, *, include_hash: bool) -> list[tuple[str, Any]]:
+        members = []
+        for name in _SORTED_FIELD_NAMES:
+            if name == "hash" and not include_hash:
+                continue
+            value = getattr(self, name)
+            if value is None or value == ():
+                continue
+            members.append((name, value))
+        return members
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
+_SORTED_FIELD_NAMES = tuple(sorted(_FIELD_NAMES))
+_TUPLE_FIELDS = frozenset({"groups", "relations", "approvers"})
+_INT_FIELDS = ("version", "seq", "statement_index", "rows")
+_NON_STR_FIELDS = _TUPLE_FIELDS | set(_INT_FIELDS) | {"kind", "decision", "duration_ms"}
+_STR_FIELDS = tuple(name for name in _SORTED_FIELD_NAMES if name not in _NON_STR_FIELDS)
+
+
+def _validate(record: AuditRecord) -> None:
+    if not isinstance(record.kind, RecordKind):
+        raise InvalidRecord(f"kind must be a RecordKind, not {record.kind!r}")
+    if record.decision is not None and not isinstance(record.decision, Decision):
+        raise InvalidRecord(f"decision must be a Decision, not {record.decision!r}")
+    for name in _STR_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            _check_text(name, value)
+    for name in _TUPLE_FIELDS:
+        value = getattr(record, name)
+        if not isinstance(value, tuple):
+            raise InvalidRecord(f"{name} must be a tuple of strings")
+        for item in value:
+            _check_text(name, item)
+    for name in _INT_FIELDS:
+        value = getattr(record, name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SAFE_INT
+        ):
+            raise InvalidRecord(f"{name} must be an integer in [0, 2**53)")
+    if record.version != FORMAT_VERSION:
+        raise InvalidRecord(f"unsupported audit record version {record.version}")
+    if not _TIME.fullmatch(record.time):
+        raise InvalidRecord(f"time must be UTC ISO-8601 with microseconds (…T12:00:00.000000Z): {record.time!r}")
+    try:
+        datetime.fromisoformat(record.time)
+    except ValueError:
+        raise InvalidRecord(f"time is not a valid date: {record.time!r}") from None
+    if not _ID.fullmatch(record.record_id):
+        raise InvalidRecord(f"record_id must be 1-128 characters of [0-9A-Za-z_.:-]: {record.record_id!r}")
+    if record.chain_id and not _ID.fullmatch(record.chain_id):
+        raise InvalidRecord(f"chain_id must be 1-128 characters of [0-9A-Za-z_.:-]: {record.chain_id!r}")
+    for name in ("prev_hash", "hash"):
+        value = getattr(record, name)
+        if value and not _HASH.fullmatch(value):
+            raise InvalidRecord(f"{name} must be 64 lowercase hex digits or empty")
+    if record.sqlstate is not None and not _SQLSTATE.fullmatch(record.sqlstate):
+        raise InvalidRecord(f"sqlstate must be five characters of [0-9A-Z]: {record.sqlstate!r}")
+    if record.duration_ms is not None:
+        duration = record.duration_ms
+        if isinstance(duration, bool) or not isinstance(duration, float | int):
+            raise InvalidRecord("duration_ms must be a number")
+        if not (math.isfinite(duration) and 0 <= duration < MAX_DURATION_MS):
+            raise InvalidRecord("duration_ms must be finite and in [0, 1e15)")
+        object.__setattr__(record, "duration_ms", round(float(duration), 3))
+    if record.kind is RecordKind.STATEMENT and record.decision is None:
+        raise InvalidRecord("a statement record carries the policy decision")
+    if record.kind is RecordKind.OUTCOME and not record.intent_id:
+        raise InvalidRecord("an outcome record names its statement record (intent_id)")
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{name} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord(f"{name} is not valid Unicode (lone surrogate)") from None
+
+
+def _enum(enum: type[_E], name: str, value: object) -> _E:
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{name} must be a string")
+    try:
+        return enum(value)
+    except ValueError:
+        raise InvalidRecord(f"{name}: unknown value {value!r}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRecord(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidRecord(f"{name} is not allowed in an audit record")
+
+
+def _encode_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _encode_object(members: list[tuple[str, Any]]) -> str:
+    parts = []
+    for name, value in members:
+        if isinstance(value, float):
+            encoded = _encode_number(value)
+        elif isinstance(value, tuple):
+            encoded = "[" + ",".join(_STRING(item) for item in value) + "]"
+        elif isinstance(value, int):
+            encoded = str(value)
+        else:  # str and StrEnum
+            encoded = _STRING(str(value))
+        parts.append(f'"{name}":{encoded}')
+    return "{" + ",".join(parts) + "}"
+
+
+_STRING = json.JSONEncoder(ensure_ascii=False).encode
