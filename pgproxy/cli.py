@@ -1,4 +1,4 @@
-"""The ``pgproxy`` command: ``run``, ``demo`` and ``token``.
+"""The ``pgproxy`` command: ``run``, ``demo``, ``token``, ``policy …`` and ``audit verify``.
 
 Parses arguments and hands off; the work lives in ``app``, ``demo`` and ``auth.demo_issuer``.
 """
@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("sql", metavar="SQL")
     test = policy_commands.add_parser("test", help="run the cases in DIR/tests/*.yaml")
     test.add_argument("directory", nargs="?", type=Path, default=Path("policies"), metavar="DIR")
+
+    audit = commands.add_parser("audit", help="work with the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="check the hash chains of JSONL audit files")
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument("--anchor", action="append", default=[], metavar="CHAIN:SEQ:HASH",
+                        help="a chain head recorded earlier (proves nothing was cut from the end); repeatable")
     return parser
 
 
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "policy":
         return _policy(args)
+    if args.command == "audit":
+        return _audit(args)
     state_dir = args.state_dir or default_state_dir()
     if args.command == "demo":
         from pgproxy.app import configure_logging  # noqa: PLC0415
@@ -129,6 +138,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pgproxy: the policies in {settings.policies} are not valid; not starting:\n{exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pgproxy.audit import tooling  # noqa: PLC0415
+
+    try:
+        anchors = [tooling.parse_anchor(text) for text in args.anchor]
+    except ValueError as exc:
+        print(f"pgproxy: {exc}", file=sys.stderr)
+        return 2
+    report = tooling.verify_files(args.files, anchors)
+    print(report.text)
+    return report.exit_code
 
 
 def _policy(args: argparse.Namespace) -> int:
