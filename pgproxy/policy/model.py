@@ -94,7 +94,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# ---------------------------------------------------------------------------------------------
 # Identity matchers
 
 
@@ -153,7 +152,6 @@ class Approvers(_Matcher):
 EVERYONE = Who(everyone=True)
 
 
-# ---------------------------------------------------------------------------------------------
 # Rules
 
 
@@ -225,7 +223,6 @@ class Rule(_Model):
         return None if self.tables is None else tuple(TableGlob.parse(text) for text in self.tables)
 
 
-# ---------------------------------------------------------------------------------------------
 # Session settings and masks
 
 
@@ -335,7 +332,6 @@ class PolicyFile(_Model):
     masks: tuple[Mask, ...] = ()
 
 
-# ---------------------------------------------------------------------------------------------
 # The policy set
 
 
