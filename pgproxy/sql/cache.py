@@ -2,12 +2,14 @@
 
 ``shape_key`` is libpg_query's normalization (``pglast.parser.normalize``, never a regex): the text
 exactly as sent, except that the span of every constant the parser found is replaced by ``$n``. Two
-texts share a key only when they differ in nothing but constants (and a constant and a ``$n``
-parameter are the same to it), so they parse to the same tree shape with other constant values —
-and classification never reads a constant's value, except for the few shapes ``classify`` marks
-uncacheable (an ``EXPLAIN`` ``analyze`` option given a value). Spans the parser does not see as
-constants stay in the key: keywords, identifiers, comments, the string after ``UESCAPE``, COPY's file
-name. Measured on the pgbench select, this costs a third of lexing the text with pglast's scanner.
+texts share a key only when they differ in nothing but constants (a constant and a ``$n`` parameter
+are the same to it; a unary minus before a constant is folded into it), and classification never
+reads a constant's value, except for the few shapes ``classify`` marks uncacheable (an ``EXPLAIN``
+``analyze`` option given a value). Spans the parser does not see as constants stay in the key:
+keywords, identifiers, comments, the string after ``UESCAPE``, COPY's file name. pglast is pinned to a
+release whose libpg_query locates constants by parse position (older ones searched the text and could
+swallow a neighbouring keyword); tests pin the cases. Measured on the pgbench select, the key costs a
+third of lexing the text with pglast's scanner.
 The cache holds ``Classification`` objects, which carry no constants and no text positions. A text
 that has no constant and no comment (what drivers send with $n parameters) is also a key by itself,
 which skips the normalization on a repeat. No I/O; not thread-safe (one event loop uses it).
