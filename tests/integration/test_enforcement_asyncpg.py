@@ -20,9 +20,11 @@ import pytest
 
 from tests.support.compare import asyncpg_pair
 from tests.support.enforcement import (
-    ENFORCING,
+    DEFAULT,
+    HELD,
     ITEM_ROWS,
     ITEMS,
+    REFUSED,
     SECRET_ROWS,
     SECRETS,
     SEQUENCE,
@@ -31,7 +33,6 @@ from tests.support.enforcement import (
     GateDatabase,
     Snapshot,
     copy_policies,
-    gate_database,
     policy_version,
     spellings,
     token,
@@ -43,24 +44,6 @@ from tests.support.pg_plugin import RealPostgres
 from tests.support.proxy_plugin import ProxyFactory, RunningProxy
 
 pytestmark = pytest.mark.integration
-
-DEFAULT, REFUSED, HELD = "pgproxy:default-deny", "pgproxy:refused", "readers-ddl-needs-approval"
-
-
-@pytest.fixture(scope="module")
-def gate(postgres: RealPostgres) -> GateDatabase:
-    return gate_database(postgres)
-
-
-@pytest.fixture(scope="module")
-def baseline(gate: GateDatabase) -> Snapshot:
-    gate.assert_untouched()
-    return gate.snapshot()
-
-
-@pytest.fixture(scope="module")
-def enforcing(proxy_factory: ProxyFactory, gate: GateDatabase) -> RunningProxy:
-    return proxy_factory(policies=ENFORCING)
 
 
 @dataclass(frozen=True)

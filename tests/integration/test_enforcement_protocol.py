@@ -22,8 +22,9 @@ from pgproxy.wire import backend as be
 from pgproxy.wire import frontend as fe
 from tests.support.compare import unique_name
 from tests.support.enforcement import (
-    ENFORCING,
+    DEFAULT,
     ITEMS,
+    REFUSED,
     SECRET_ROWS,
     SECRETS,
     SEQUENCE,
@@ -31,7 +32,6 @@ from tests.support.enforcement import (
     GateDatabase,
     Snapshot,
     copy_policies,
-    gate_database,
     policy_version,
     spellings,
     token,
@@ -39,30 +39,12 @@ from tests.support.enforcement import (
     write_policy,
 )
 from tests.support.fake_idp import FakeIdP
-from tests.support.pg_plugin import RealPostgres
 from tests.support.proxy_plugin import ProxyFactory, RunningProxy
 from tests.support.raw_client import RawClient, ServerClosed
 
 pytestmark = pytest.mark.integration
 
-DEFAULT, REFUSED = "pgproxy:default-deny", "pgproxy:refused"
 Shape = tuple[object, ...]
-
-
-@pytest.fixture(scope="module")
-def gate(postgres: RealPostgres) -> GateDatabase:
-    return gate_database(postgres)
-
-
-@pytest.fixture(scope="module")
-def baseline(gate: GateDatabase) -> Snapshot:
-    gate.assert_untouched()
-    return gate.snapshot()
-
-
-@pytest.fixture(scope="module")
-def enforcing(proxy_factory: ProxyFactory, gate: GateDatabase) -> RunningProxy:
-    return proxy_factory(policies=ENFORCING)
 
 
 @asynccontextmanager

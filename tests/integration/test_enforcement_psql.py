@@ -19,46 +19,27 @@ import pytest
 
 from tests.support.compare import unique_name
 from tests.support.enforcement import (
+    DEFAULT,
     DELETING_PROCEDURE,
-    ENFORCING,
     ITEMS,
     PROBE_FILE,
+    REFUSED,
     SECRETS,
     SEQUENCE,
     SIDE_EFFECT_FUNCTION,
     Denial,
     GateDatabase,
     Snapshot,
-    gate_database,
     spellings,
     token,
 )
 from tests.support.fake_idp import FakeIdP
-from tests.support.pg_plugin import RealPostgres
-from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+from tests.support.proxy_plugin import RunningProxy
 
 pytestmark = pytest.mark.integration
 
-DEFAULT, REFUSED = "pgproxy:default-deny", "pgproxy:refused"
 HELD, READ_ONLY = "readers-ddl-needs-approval", "pgproxy:read-only-session"
 ALIVE = "SELECT 'still alive'"
-
-
-@pytest.fixture(scope="module")
-def gate(postgres: RealPostgres) -> GateDatabase:
-    return gate_database(postgres)
-
-
-@pytest.fixture(scope="module")
-def baseline(gate: GateDatabase) -> Snapshot:
-    """The database as the tests of this module find it: none of them may change it."""
-    gate.assert_untouched()
-    return gate.snapshot()
-
-
-@pytest.fixture(scope="module")
-def enforcing(proxy_factory: ProxyFactory, gate: GateDatabase) -> RunningProxy:
-    return proxy_factory(policies=ENFORCING)
 
 
 # -- running psql and reading what it printed ------------------------------------------------------------

@@ -18,7 +18,8 @@ from psycopg import errors, pq
 
 from tests.support.compare import unique_name
 from tests.support.enforcement import (
-    ENFORCING,
+    DEFAULT,
+    HELD,
     ITEM_ROWS,
     ITEMS,
     SECRETS,
@@ -27,35 +28,16 @@ from tests.support.enforcement import (
     Denial,
     GateDatabase,
     Snapshot,
-    gate_database,
     spellings,
     token,
 )
 from tests.support.fake_idp import FakeIdP
-from tests.support.pg_plugin import RealPostgres
-from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+from tests.support.proxy_plugin import RunningProxy
 
 pytestmark = pytest.mark.integration
 
 Conn = psycopg.Connection[Any]
-DEFAULT, HELD = "pgproxy:default-deny", "readers-ddl-needs-approval"
 SECRETS_RULE = "writers-not-secrets"
-
-
-@pytest.fixture(scope="module")
-def gate(postgres: RealPostgres) -> GateDatabase:
-    return gate_database(postgres)
-
-
-@pytest.fixture(scope="module")
-def baseline(gate: GateDatabase) -> Snapshot:
-    gate.assert_untouched()
-    return gate.snapshot()
-
-
-@pytest.fixture(scope="module")
-def enforcing(proxy_factory: ProxyFactory, gate: GateDatabase) -> RunningProxy:
-    return proxy_factory(policies=ENFORCING)
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from tests.support.enforcement import (
     Denial,
     GateDatabase,
     copy_policies,
-    gate_database,
     policy_error,
     policy_version,
     poll,
@@ -72,11 +71,6 @@ def allow_writes_to(table: str) -> str:
 def with_rules(original: str, *rules: str) -> str:
     """``original`` with ``rules`` put first in its rule list."""
     return original.replace("\nrules:\n", "\nrules:\n" + "".join(rules), 1)
-
-
-@pytest.fixture(scope="module")
-def gate(postgres: RealPostgres) -> GateDatabase:
-    return gate_database(postgres)
 
 
 @pytest.fixture

@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 ENFORCING = POLICIES / "enforcing"
+# Rule ids the tests expect: pgproxy's own decisions and the enforcing policy's held DDL.
+DEFAULT, REFUSED, HELD = "pgproxy:default-deny", "pgproxy:refused", "readers-ddl-needs-approval"
 DENIED = "42501"
 ITEMS, SECRETS, SEQUENCE = "gate_items", "gate_secrets", "gate_seq"
 VIEWER_ROLE = "gate_viewer"
