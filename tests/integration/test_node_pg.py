@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.compare import unique_name
 from tests.support.pg_plugin import TEST_DATABASE, UPSTREAM_ROLE, RealPostgres
-from tests.support.probe_runs import finish, relay_states, until_holding
+from tests.support.probe_runs import side_by_side
 from tests.support.proxy_plugin import RunningProxy
 
 pytestmark = pytest.mark.integration
@@ -66,26 +66,11 @@ def both(probe: NodeProbe, proxy: RunningProxy, postgres: RealPostgres, scenario
     subject = unique_name("node")
     proxied_config = {"host": "127.0.0.1", "port": proxy.port, "user": "agent", "password": proxy.idp.mint(subject),
                       "database": TEST_DATABASE, "ssl": tls, **config}
-    direct_run = probe.start(direct_config, scenario)
-    try:
-        proxied_run = probe.start(proxied_config, scenario, hold=True)
-    except BaseException:
-        direct_run.kill()
-        direct_run.communicate()
-        raise
-    proxied_stderr, held = b"", None
-    try:
-        try:
-            proxied_stderr = until_holding(proxied_run)
-            # After the driver has had every answer, pgproxy must see the session idle: nothing awaiting a
-            # ReadyForQuery (or shutdown and token expiry would never find a moment to end it), no transaction.
-            held = relay_states(proxy, subject) if proxied_run.poll() is None else None
-        finally:
-            proxied = finish(proxied_run, f"{scenario} through pgproxy", proxied_stderr)
-    finally:
-        direct = finish(direct_run, f"{scenario} direct")
-    assert proxied.splitlines() == direct.splitlines()
-    lines = proxied.splitlines()
+    lines, held = side_by_side(
+        lambda: probe.start(direct_config, scenario),
+        lambda: probe.start(proxied_config, scenario, hold=True),
+        proxy, subject, scenario,
+    )
     assert lines[-1] == "done|row|done=number:1"
     # (Sessions the scenario opened besides its own may still be closing: they must be idle too.)
     assert held and set(held) == {(0, "I")}, f"pgproxy's relay state for the held session: {held}"

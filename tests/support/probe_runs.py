@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 from tests.support.proxy_plugin import RunningProxy
 
@@ -40,3 +41,35 @@ def relay_states(proxy: RunningProxy, subject: str) -> list[tuple[int, str]]:
                 if c.identity is not None and c.identity.subject == subject and c.relay is not None]
 
     return proxy.call_soon(read)
+
+
+def side_by_side(
+    start_direct: Callable[[], subprocess.Popen[bytes]],
+    start_proxied: Callable[[], subprocess.Popen[bytes]],
+    proxy: RunningProxy,
+    subject: str,
+    scenario: str,
+) -> tuple[list[str], list[tuple[int, str]] | None]:
+    """Run a probe scenario directly and through pgproxy at once; the proxied run's output lines (checked
+    equal to the direct run's) and pgproxy's relay state for the proxied session while the probe holds it
+    open after its last answer (None if it exited early)."""
+    direct_run = start_direct()
+    try:
+        proxied_run = start_proxied()
+    except BaseException:
+        direct_run.kill()
+        direct_run.communicate()
+        raise
+    proxied_stderr, held = b"", None
+    try:
+        try:
+            proxied_stderr = until_holding(proxied_run)
+            # After the driver has had every answer, pgproxy must see the session idle: nothing awaiting a
+            # ReadyForQuery (or shutdown and token expiry would never find a moment to end it), no transaction.
+            held = relay_states(proxy, subject) if proxied_run.poll() is None else None
+        finally:
+            proxied = finish(proxied_run, f"{scenario} through pgproxy", proxied_stderr)
+    finally:
+        direct = finish(direct_run, f"{scenario} direct")
+    assert proxied.splitlines() == direct.splitlines()
+    return proxied.splitlines(), held
