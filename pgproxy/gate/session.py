@@ -26,6 +26,7 @@ from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
 from pgproxy.gate.fastpath import fast_path_statement
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
+from pgproxy.gate.splice import Splice
 from pgproxy.policy.engine import Decision, Effect, decide, decide_all
 from pgproxy.policy.model import PolicySet
 from pgproxy.sql.classify import Classifier, resolve_prepared
@@ -103,9 +104,8 @@ class SessionGate:
 
         The returned index is ``len(frames)`` unless a message must wait for the server's answers.
         """
-        pieces: list[bytes] | None = None
-        copied_to = frames[first][1] - 5 if first < len(frames) else len(data)
-        begin = copied_to
+        splice: Splice | None = None
+        begin = frames[first][1] - 5 if first < len(frames) else len(data)
         index = first
         for index in range(first, len(frames)):
             kind, start, end = frames[index]
@@ -118,20 +118,15 @@ class SessionGate:
             if isinstance(outcome, _Wait):
                 break
             if outcome is not None:
-                if pieces is None:
-                    pieces = []
-                pieces.append(data[copied_to : start - 5])
-                pieces.append(outcome)
-                copied_to = end
+                if splice is None:
+                    splice = Splice(data, begin)
+                splice.swap(start - 5, end, outcome)
         else:
             index = len(frames)
         stop = frames[index][1] - 5 if index < len(frames) else len(data)
-        if pieces is None:
-            out = data[begin:stop] if (begin or stop != len(data)) else data
-        else:
-            pieces.append(data[copied_to:stop])
-            out = b"".join(pieces)
-        return out, index
+        if splice is not None:
+            return splice.until(stop), index
+        return (data[begin:stop] if (begin or stop != len(data)) else data), index
 
     def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
         """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
@@ -307,8 +302,7 @@ class SessionGate:
         Raises :class:`LimitExceeded` when a row goes over the session's limits.
         """
         prepared = self.prepared
-        pieces: list[bytes] | None = None
-        copied_to = 0
+        splice: Splice | None = None
         followed = self._followed
         limits = self._limits
         for kind, start, end in frames:
@@ -317,7 +311,7 @@ class SessionGate:
             if limits is not None:
                 reason = limits.over(kind)
                 if reason is not None:
-                    allowed = b"".join([*(pieces or []), data[copied_to : start - 5]])
+                    allowed = splice.until(start - 5) if splice is not None else data[: start - 5]
                     raise LimitExceeded(allowed, "54000", f"pgproxy ended the session: {reason}")
             if kind == 0x31:  # '1' ParseComplete
                 prepared.parse_complete()
@@ -332,11 +326,9 @@ class SessionGate:
                 prepared.error()
                 replacement = self._replacement(data, start, end)
                 if replacement is not None:
-                    if pieces is None:
-                        pieces = []
-                    pieces.append(data[copied_to : start - 5])
-                    pieces.append(replacement)
-                    copied_to = end
+                    if splice is None:
+                        splice = Splice(data)
+                    splice.swap(start - 5, end, replacement)
             elif kind == 0x33:  # '3' CloseComplete
                 prepared.close_complete()
             elif kind in (0x49, 0x73):  # 'I' EmptyQueryResponse, 's' PortalSuspended
@@ -345,10 +337,7 @@ class SessionGate:
                 prepared.copy_in_started()
             elif kind == 0x53:  # 'S' ParameterStatus
                 self._parameter_status(data, start, end)
-        if pieces is None:
-            return data
-        pieces.append(data[copied_to:])
-        return b"".join(pieces)
+        return data if splice is None else splice.until(len(data))
 
     def _replacement(self, data: bytes, start: int, end: int) -> bytes | None:
         if not self._markers:
