@@ -28,6 +28,7 @@ from typing import Any
 import pglast.parser
 import psycopg
 
+from tests.support.compare import wait_until
 from tests.support.fake_idp import FakeIdP
 from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
 from tests.support.proxy_plugin import POLICIES, RunningProxy
@@ -264,15 +265,9 @@ def write_policy(path: Path, text: str) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
-def poll(condition: Callable[[], bool], *, deadline: float = 20.0, interval: float = 0.02) -> bool:
-    """Whether ``condition`` became true within ``deadline`` seconds (only a bound on waiting)."""
-    end = time.monotonic() + deadline
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(interval)
+def poll(condition: Callable[[], bool], *, deadline: float = 20.0) -> bool:
+    """Whether ``condition`` became true within ``deadline`` seconds (reloads are polled every 20 ms)."""
+    return wait_until(condition, deadline=deadline, interval=0.02)
 
 
 def _policies(proxy: RunningProxy) -> Any:
