@@ -21,6 +21,7 @@ import pytest
 from tests.support.compare import asyncpg_pair
 from tests.support.enforcement import (
     DEFAULT,
+    DENY_SECRETS_TO_READERS,
     HELD,
     ITEM_ROWS,
     ITEMS,
@@ -37,6 +38,7 @@ from tests.support.enforcement import (
     spellings,
     token,
     wait_for_policy_version,
+    with_rules,
     write_policy,
 )
 from tests.support.fake_idp import FakeIdP
@@ -218,17 +220,6 @@ async def test_viewer_reads_through_asyncpg(enforcing: RunningProxy, fake_idp: F
 
 # -- a prepared statement is judged at every execution ----------------------------------------------------
 
-DENY_SECRETS_TO_READERS = """
-  - id: readers-not-secrets
-    who: {groups: [readers]}
-    databases: [pgproxy_test]
-    tables: ["*.gate_secrets"]
-    categories: ["*"]
-    effect: deny
-    reason: readers lost access to the secrets table
-    hint: read the other tables
-"""
-
 
 async def test_prepared_statement_is_judged_again_after_a_policy_reload(
     proxy_factory: ProxyFactory, gate: GateDatabase, fake_idp: FakeIdP, tmp_path: Path
@@ -244,7 +235,7 @@ async def test_prepared_statement_is_judged_again_after_a_policy_reload(
         cursor_statement = await conn.prepare(f"SELECT secret FROM {SECRETS} ORDER BY id")
 
         version = policy_version(proxy)
-        write_policy(rules, original.replace("\nrules:\n", "\nrules:\n" + DENY_SECRETS_TO_READERS.lstrip("\n"), 1))
+        write_policy(rules, with_rules(original, DENY_SECRETS_TO_READERS))
         version = wait_for_policy_version(proxy, version)
 
         for _ in range(3):  # refused at each Bind, not once

@@ -23,6 +23,7 @@ from pgproxy.wire import frontend as fe
 from tests.support.compare import unique_name
 from tests.support.enforcement import (
     DEFAULT,
+    DENY_SECRETS_TO_READERS,
     ITEMS,
     REFUSED,
     SECRET_ROWS,
@@ -36,6 +37,7 @@ from tests.support.enforcement import (
     spellings,
     token,
     wait_for_policy_version,
+    with_rules,
     write_policy,
 )
 from tests.support.fake_idp import FakeIdP
@@ -227,16 +229,6 @@ async def test_a_close_the_server_skipped_does_not_confuse_the_gate(
     assert gate.snapshot() == baseline
 
 
-DENY_SECRETS_TO_READERS = """
-  - id: readers-not-secrets
-    who: {groups: [readers]}
-    databases: [pgproxy_test]
-    tables: ["*.gate_secrets"]
-    categories: ["*"]
-    effect: deny
-"""
-
-
 async def test_a_skipped_close_cannot_launder_a_statement_the_policy_now_denies(
     proxy_factory: ProxyFactory, gate: GateDatabase, fake_idp: FakeIdP, tmp_path: Path
 ) -> None:
@@ -250,7 +242,7 @@ async def test_a_skipped_close_cannot_launder_a_statement_the_policy_now_denies(
         await client.send(fe.Parse("s1", f"SELECT secret FROM {SECRETS} WHERE id = 1"), fe.Sync())
         assert await answers(client) == [("ParseComplete",), ("Ready", "I")]
         version = policy_version(proxy)
-        write_policy(rules, rules.read_text().replace("\nrules:\n", "\nrules:\n" + DENY_SECRETS_TO_READERS[1:], 1))
+        write_policy(rules, with_rules(rules.read_text(), DENY_SECRETS_TO_READERS))
         wait_for_policy_version(proxy, version)
         await client.send(*skipped_close_stream(READ_ORIGINAL))
         assert await answers(client, 3) == [*SKIPPED_CLOSE_ANSWERS, ("Error", "42501"), ("Ready", "I")]

@@ -22,6 +22,7 @@ from psycopg import errors
 from tests.integration.test_cli import clean_env, free_port, wait_for_port
 from tests.support.compare import unique_name
 from tests.support.enforcement import (
+    DENY_SECRETS_TO_READERS,
     ITEM_ROWS,
     ITEMS,
     SECRET_ROWS,
@@ -36,6 +37,7 @@ from tests.support.enforcement import (
     token,
     wait_for_policy_error,
     wait_for_policy_version,
+    with_rules,
     write_policy,
 )
 from tests.support.fake_idp import FakeIdP
@@ -46,15 +48,6 @@ pytestmark = pytest.mark.integration
 
 Conn = psycopg.Connection[Any]
 READ_SECRETS = f"SELECT id, secret FROM {SECRETS} ORDER BY id"
-DENY_SECRETS = """\
-  - id: readers-not-secrets
-    who: {groups: [readers]}
-    databases: [pgproxy_test]
-    tables: ["*.gate_secrets"]
-    categories: ["*"]
-    effect: deny
-    reason: the secrets table was closed to readers
-"""
 
 
 def allow_writes_to(table: str) -> str:
@@ -66,11 +59,6 @@ def allow_writes_to(table: str) -> str:
     categories: [write]
     effect: allow
 """
-
-
-def with_rules(original: str, *rules: str) -> str:
-    """``original`` with ``rules`` put first in its rule list."""
-    return original.replace("\nrules:\n", "\nrules:\n" + "".join(rules), 1)
 
 
 @pytest.fixture
@@ -112,7 +100,7 @@ def test_editing_a_rule_changes_the_next_decision_of_an_open_session(
         assert conn.execute("EXECUTE gate_secret_q").fetchall() == SECRET_ROWS
 
         version = policy_version(proxy)
-        write_policy(rules, with_rules(original, DENY_SECRETS, allow_writes_to(scratch)))
+        write_policy(rules, with_rules(original, DENY_SECRETS_TO_READERS, allow_writes_to(scratch)))
         version = wait_for_policy_version(proxy, version)
         for spelling in spellings(READ_SECRETS):
             check(refusal(conn, spelling), Denial("readers-not-secrets", "read"))
@@ -182,7 +170,7 @@ def test_a_broken_file_keeps_the_policy_in_force_until_fixed(
     policies = copy_policies(tmp_path)
     rules = policies / "rules.yaml"
     original = rules.read_text()
-    intended = with_rules(original, DENY_SECRETS)
+    intended = with_rules(original, DENY_SECRETS_TO_READERS)
     proxy = proxy_factory(policies=policies, policy_poll_seconds=0.1)
     with reader(proxy.conninfo(token(fake_idp, "readers"))) as conn:
         assert conn.execute(READ_SECRETS).fetchall() == SECRET_ROWS
@@ -288,7 +276,7 @@ def test_sighup_reloads_a_running_pgproxy(
         assert conn.execute(READ_SECRETS).fetchall() == SECRET_ROWS
 
         # A valid change alone does nothing (pgproxy does not poll here) ...
-        write_policy(rules, with_rules(original, DENY_SECRETS))
+        write_policy(rules, with_rules(original, DENY_SECRETS_TO_READERS))
         assert conn.execute(READ_SECRETS).fetchall() == SECRET_ROWS
         with psycopg.connect(conninfo, password=token(fake_idp, "readers"), autocommit=True) as fresh:
             assert fresh.execute(READ_SECRETS).fetchall() == SECRET_ROWS

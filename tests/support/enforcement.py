@@ -256,6 +256,24 @@ def copy_policies(destination: Path, source: Path = ENFORCING) -> Path:
     return target
 
 
+# A rule that, put first, closes the secrets table to readers (as a reload would).
+DENY_SECRETS_TO_READERS = """\
+  - id: readers-not-secrets
+    who: {groups: [readers]}
+    databases: [pgproxy_test]
+    tables: ["*.gate_secrets"]
+    categories: ["*"]
+    effect: deny
+    reason: readers lost access to the secrets table
+    hint: read the other tables
+"""
+
+
+def with_rules(original: str, *rules: str) -> str:
+    """The policy file ``original`` with ``rules`` put first in its rule list."""
+    return original.replace("\nrules:\n", "\nrules:\n" + "".join(rules), 1)
+
+
 def write_policy(path: Path, text: str) -> None:
     """Replace a policy file so that a change-detecting poll cannot miss it (a fresh mtime, even when the
     size is the same and the clock's resolution is coarse)."""
