@@ -11,6 +11,10 @@ import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
+from pgproxy.audit.forward import build_forwarder
+from pgproxy.audit.jsonl import JsonlAuditStore
+from pgproxy.audit.postgres import PostgresAuditStore
+from pgproxy.audit.service import AuditService, AuditTarget
 from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
 from pgproxy.policy.store import PolicyStore
@@ -34,6 +38,26 @@ def build_verifier(settings: Settings) -> TokenVerifier:
     )
 
 
+# How long one audit append may take before the store counts as failed (statements then fail closed).
+AUDIT_APPEND_TIMEOUT_SECONDS = 10.0
+
+
+def build_audit(settings: Settings) -> AuditService | None:
+    """The audit service the settings name (its stores are opened when the server starts)."""
+    targets = []
+    if settings.audit_jsonl is not None:
+        targets.append(AuditTarget(JsonlAuditStore(settings.audit_jsonl)))
+    if settings.audit_dsn is not None:
+        store = PostgresAuditStore(settings.audit_dsn, schema=settings.audit_schema,
+                                   timeout=AUDIT_APPEND_TIMEOUT_SECONDS)
+        targets.append(AuditTarget(store))
+    if not targets:
+        log.warning("running without an audit log (audit_disabled)")
+        return None
+    forward = build_forwarder(settings.audit_forward, settings.audit_syslog_address)
+    return AuditService(targets, fail_open=settings.audit_fail_open, forward=forward)
+
+
 def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> ProxyServer:
     """The proxy, ready to start. Raises ``PolicyLoadError`` when the policy directory is not valid."""
     policies = PolicyStore(settings.policies)
@@ -49,6 +73,8 @@ def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> P
         max_client_message=settings.max_message_bytes,
         startup_timeout=settings.startup_timeout_seconds,
         session_outlives_token=settings.session_outlives_token,
+        audit=build_audit(settings),
+        redact_literals=settings.audit_redact_literals,
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)

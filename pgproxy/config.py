@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pgproxy.audit.pg_schema import checked_schema
 from pgproxy.dsn import DSNError, UpstreamTarget, parse_dsn
 
 
@@ -53,6 +54,16 @@ class Settings(BaseSettings):
     policy_poll_seconds: float = Field(
         2.0, ge=0, description="how often policy files are checked for changes (0: reload on SIGHUP only)"
     )
+    audit_jsonl: Path | None = Field(None, description="append-only JSONL audit log file (created 0600)")
+    audit_dsn: str | None = Field(None, description="PostgreSQL DSN of the audit database (schema audit_schema)")
+    audit_schema: str = Field("pgproxy", description="schema of the audit tables in audit_dsn's database")
+    audit_disabled: bool = Field(False, description="run without an audit log (never in production)")
+    audit_fail_open: bool = Field(
+        False, description="let statements run (records kept in memory) while the audit store is unavailable"
+    )
+    audit_redact_literals: bool = Field(False, description="log statement text with constants replaced by $n")
+    audit_forward: str = Field("none", description="also send records as JSON lines to: none, stdout or syslog")
+    audit_syslog_address: str = Field("/dev/log", description="syslog socket path or HOST:PORT (UDP)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @classmethod
@@ -128,6 +139,33 @@ class Settings(BaseSettings):
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("audit_forward")
+    @classmethod
+    def _check_forward(cls, value: str) -> str:
+        if value.lower() not in ("none", "stdout", "syslog"):
+            raise ValueError("expected none, stdout or syslog")
+        return value.lower()
+
+    @field_validator("audit_schema")
+    @classmethod
+    def _check_audit_schema(cls, value: str) -> str:
+        checked_schema(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_audit(self) -> Settings:
+        configured = self.audit_jsonl is not None or self.audit_dsn is not None
+        if self.audit_disabled and configured:
+            raise ValueError("audit_disabled contradicts audit_jsonl/audit_dsn")
+        if not self.audit_disabled and not configured:
+            raise ValueError(
+                "no audit log: give audit_jsonl (a file) and/or audit_dsn (a PostgreSQL database),"
+                " or audit_disabled to run without one"
+            )
+        if self.audit_jsonl is not None and not self.audit_jsonl.parent.is_dir():
+            raise ValueError(f"directory of audit_jsonl not found: {self.audit_jsonl.parent}")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

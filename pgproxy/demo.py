@@ -80,6 +80,7 @@ def demo_settings(
             "allow_plaintext_loopback": True,
             "shutdown_grace_seconds": 5,
             "policies": policies,
+            "audit_jsonl": state_dir / "audit.jsonl",
         }
     )
 

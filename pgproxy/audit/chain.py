@@ -27,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from hashlib import sha256
 
 from pgproxy.audit.record import AuditRecord, RecordKind
 
@@ -114,8 +115,12 @@ class Chain:
     def seal(self, record: AuditRecord) -> AuditRecord:
         """``record`` with ``chain_id``, ``seq``, ``prev_hash`` and ``hash`` set; advances the cursor."""
         self._check(record)
-        positioned = replace(record, chain_id=self._chain_id, seq=self._last_seq + 1, prev_hash=self._last_hash)
-        sealed = replace(positioned, hash=record_hash(self._last_hash, positioned))
+        prefix = self._last_hash.encode("ascii")
+
+        def hash_of(canonical: bytes) -> str:
+            return sha256(prefix + canonical).hexdigest()
+
+        sealed = record.sealed_copy(self._chain_id, self._last_seq + 1, self._last_hash, hash_of)
         self._last_seq = sealed.seq
         self._last_hash = sealed.hash
         return sealed

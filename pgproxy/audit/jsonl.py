@@ -290,19 +290,28 @@ class GroupCommitter:
 
     async def submit_many(self, records: Sequence[AuditRecord]) -> list[AuditRecord]:
         """Submit several records (one batch, in order); return them sealed once durable."""
+        return await self.enqueue(records)
+
+    def enqueue(self, records: Sequence[AuditRecord]) -> asyncio.Future[list[AuditRecord]]:
+        """``submit_many`` without a coroutine: the future resolves to the sealed records once durable.
+
+        For callers on the hot path that continue in a callback. Raises ``AuditStoreUnavailable`` at
+        once when the store has failed.
+        """
         if self._failure is not None:
             raise AuditStoreUnavailable("the audit store failed") from self._failure
-        if not records:
-            return []
         for record in records:
             check_unsealed(record)
             if record.chain_id and record.chain_id != self._chain.chain_id:
                 raise ChainError(f"record {record.record_id} belongs to chain {record.chain_id}")
         future: asyncio.Future[list[AuditRecord]] = asyncio.get_running_loop().create_future()
+        if not records:
+            future.set_result([])
+            return future
         self._pending.append((tuple(records), future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is written (or failed)."""

@@ -41,10 +41,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any, TypeVar
 
 FORMAT_VERSION = 1
@@ -79,11 +82,17 @@ class InvalidRecord(ValueError):
     """A record value or a JSON text that is not a valid audit record."""
 
 
+_second: list[Any] = [-1, ""]  # the last second formatted, and its text
+
+
 def utc_timestamp(when: datetime | None = None) -> str:
     """``when`` (an aware datetime; now if omitted) as the record time: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     if when is None:
-        when = datetime.now(UTC)
-    elif when.tzinfo is None:
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        if seconds != _second[0]:  # formatting the date costs more than the rest: once per second
+            _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))]
+        return f"{_second[1]}{nanos // 1000:06d}Z"
+    if when.tzinfo is None:
         raise InvalidRecord("audit times must be timezone-aware")
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
@@ -114,6 +123,8 @@ class AuditRecord:
     issuer: str | None = None
     database: str | None = None
     upstream_role: str | None = None
+    application_name: str | None = None  # as the client sent it (its own words, not verified)
+    login_user: str | None = None  # the user name of the startup packet (auth failures: who tried)
     # Statement (intent).
     statement_index: int | None = None
     text: str | None = None
@@ -134,6 +145,8 @@ class AuditRecord:
     duration_ms: float | None = None
     # Auth failures, session end.
     reason: str | None = None
+    # The JSON line of a sealed record, computed once by ``sealed_copy`` (not a field of the record).
+    _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -144,11 +157,36 @@ class AuditRecord:
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline): the canonical form, ``hash`` included."""
-        return _encode_object(self._members(include_hash=True))
+        if self._line is not None:
+            return self._line
+        return _join(_encoded_members(self))
 
     def canonical_bytes(self) -> bytes:
         """The bytes the chain hashes: the canonical form without ``hash`` (see the module docstring)."""
-        return _encode_object(self._members(include_hash=False)).encode("utf-8")
+        return _join([member for member in _encoded_members(self) if member[0] != "hash"]).encode("utf-8")
+
+    def sealed_copy(self, chain_id: str, seq: int, prev_hash: str, hash_of: Callable[[bytes], str]) -> AuditRecord:
+        """This record at position ``seq`` of ``chain_id``, its ``hash`` = ``hash_of(canonical bytes)``.
+
+        For :class:`~pgproxy.audit.chain.Chain` (which checks ``chain_id`` and ``prev_hash``): the copy is
+        not validated again, and its JSON line is computed here once rather than at every ``to_json``.
+        """
+        if not 0 < seq <= MAX_SAFE_INT:
+            raise InvalidRecord("seq must be an integer in [1, 2**53)")
+        copy = object.__new__(AuditRecord)
+        for name in _FIELD_NAMES:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "chain_id", chain_id)
+        object.__setattr__(copy, "seq", seq)
+        object.__setattr__(copy, "prev_hash", prev_hash)
+        object.__setattr__(copy, "hash", "")
+        members = [member for member in _encoded_members(copy) if member[0] != "hash"]
+        digest = hash_of(_join(members).encode("utf-8"))
+        object.__setattr__(copy, "hash", digest)
+        members.append(("hash", _STRING(digest)))
+        members.sort()
+        object.__setattr__(copy, "_line", _join(members))
+        return copy
 
     @classmethod
     def from_json(cls, text: str | bytes) -> AuditRecord:
@@ -187,19 +225,8 @@ class AuditRecord:
                 raise InvalidRecord(f"audit record without {required}")
         return cls(**values)
 
-    def _members(self, *, include_hash: bool) -> list[tuple[str, Any]]:
-        members = []
-        for name in _SORTED_FIELD_NAMES:
-            if name == "hash" and not include_hash:
-                continue
-            value = getattr(self, name)
-            if value is None or value == ():
-                continue
-            members.append((name, value))
-        return members
 
-
-_FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
+_FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord) if f.init)
 _SORTED_FIELD_NAMES = tuple(sorted(_FIELD_NAMES))
 _TUPLE_FIELDS = frozenset({"groups", "relations", "approvers"})
 _INT_FIELDS = ("version", "seq", "statement_index", "rows")
@@ -212,16 +239,28 @@ def _validate(record: AuditRecord) -> None:
         raise InvalidRecord(f"kind must be a RecordKind, not {record.kind!r}")
     if record.decision is not None and not isinstance(record.decision, Decision):
         raise InvalidRecord(f"decision must be a Decision, not {record.decision!r}")
+    texts: list[str] = []
     for name in _STR_FIELDS:
         value = getattr(record, name)
         if value is not None:
-            _check_text(name, value)
+            if type(value) is not str:
+                _check_text(name, value)
+            texts.append(value)
     for name in _TUPLE_FIELDS:
         value = getattr(record, name)
         if not isinstance(value, tuple):
             raise InvalidRecord(f"{name} must be a tuple of strings")
         for item in value:
-            _check_text(name, item)
+            if type(item) is not str:
+                _check_text(name, item)
+            texts.append(item)
+    try:
+        "".join(texts).encode("utf-8")  # one pass over every text for lone surrogates
+    except UnicodeEncodeError:
+        for name in (*_STR_FIELDS, *_TUPLE_FIELDS):  # name the offending field
+            value = getattr(record, name)
+            for item in value if isinstance(value, tuple) else (value,) if value is not None else ():
+                _check_text(name, item)
     for name in _INT_FIELDS:
         value = getattr(record, name)
         if value is not None and (
@@ -294,19 +333,31 @@ def _encode_number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _encode_object(members: list[tuple[str, Any]]) -> str:
-    parts = []
-    for name, value in members:
-        if isinstance(value, float):
-            encoded = _encode_number(value)
-        elif isinstance(value, tuple):
+def _encoded_members(record: AuditRecord) -> list[tuple[str, str]]:
+    """``(name, JSON value)`` of every member of the canonical form, ``hash`` included, sorted by name."""
+    members = []
+    for name in _SORTED_FIELD_NAMES:
+        value = getattr(record, name)
+        if value is None or value == ():
+            continue
+        kind = type(value)
+        if kind is str:
+            encoded = _STRING(value)
+        elif kind is tuple:
             encoded = "[" + ",".join(_STRING(item) for item in value) + "]"
-        elif isinstance(value, int):
+        elif kind is float:
+            encoded = _encode_number(value)
+        elif kind is int:
             encoded = str(value)
-        else:  # str and StrEnum
+        else:  # StrEnum
             encoded = _STRING(str(value))
-        parts.append(f'"{name}":{encoded}')
-    return "{" + ",".join(parts) + "}"
+        members.append((name, encoded))
+    return members
 
 
-_STRING = json.JSONEncoder(ensure_ascii=False).encode
+def _join(members: list[tuple[str, str]]) -> str:
+    return "{" + ",".join(f'"{name}":{encoded}' for name, encoded in members) + "}"
+
+
+# The C string encoder json.dumps(ensure_ascii=False) uses: escapes exactly what RFC 8785 escapes.
+_STRING: Callable[[str], str] = encode_basestring

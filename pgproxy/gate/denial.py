@@ -17,9 +17,25 @@ from __future__ import annotations
 import secrets
 
 from pgproxy.policy.engine import Decision, Effect
+from pgproxy.sql.statement import Category, Statement
 from pgproxy.wire.codec import cstring, frame
 
 DENIED_SQLSTATE = "42501"  # insufficient_privilege
+OUTAGE_SQLSTATE = "58000"  # system_error: something outside the database (pgproxy's audit store) failed
+OUTAGE_RULE = "pgproxy:audit-unavailable"
+
+
+def outage_decision() -> Decision:
+    """Every request is refused while the audit log cannot take records (fail closed)."""
+    return Decision(
+        Effect.DENY,
+        OUTAGE_RULE,
+        "pgproxy cannot write its audit log, so it runs no statement",
+        "retry shortly; pgproxy resumes once its audit store accepts records again",
+        None,
+        False,
+        Statement(Category.UNKNOWN, "?", reason="the audit store is unavailable"),
+    )
 
 
 def new_marker() -> str:
@@ -68,6 +84,8 @@ def decision_error(decision: Decision, codec: str) -> bytes:
         # Until statements can be held for approval, the caller needs someone who may run it directly.
         needed = decision.approval.describe() if decision.approval is not None else "an approval"
         hint = f"this statement needs {needed}; pgproxy cannot hold it for approval yet, so it was not run"
+    if decision.rule_id == OUTAGE_RULE:
+        return error_response(OUTAGE_SQLSTATE, message, detail=None, hint=hint, codec=codec)
     detail = f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
     if statement.refusal:
         detail += f"; {statement.refusal}"

@@ -102,6 +102,16 @@ class PreparedStatements:
         return not self._pending
 
     @property
+    def skipping(self) -> bool:
+        """The server is discarding client messages until the next Sync (after an extended-protocol error)."""
+        return self._skipping
+
+    @property
+    def copy_in(self) -> bool:
+        """The server is in COPY FROM STDIN, where it ignores Sync."""
+        return self._copy_in
+
+    @property
     def boundaries(self) -> int:
         """Requests forwarded that the server answers with ReadyForQuery (Query, Sync, FunctionCall)."""
         return self._batch

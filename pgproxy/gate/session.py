@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from pgproxy.auth.identity import Identity
@@ -27,6 +28,7 @@ from pgproxy.gate.fastpath import fast_path_statement
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
 from pgproxy.gate.splice import Splice
+from pgproxy.gate.trail import AuditTrail, error_fields, trail_source, trail_sources
 from pgproxy.policy.engine import Decision, Effect, decide, decide_all
 from pgproxy.policy.model import PolicySet
 from pgproxy.sql.classify import Classifier, resolve_prepared
@@ -44,6 +46,8 @@ _NAME_BYTES = 63  # the server keys prepared statements and portals by their fir
 _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
 _DECISION_CACHE_LIMIT = 4096
+_AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
+_ENDINGS = {0x49: "empty query", 0x73: "portal suspended: more rows remain", 0x56: "function call returned"}
 
 
 class PolicySource(Protocol):
@@ -80,6 +84,7 @@ class SessionGate:
         server_encoding: str = "UTF8",
         standard_conforming_strings: str = "on",
         limits: RowLimits | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
         """Raises :class:`UnsupportedEncoding` or :class:`GateFatal` when the session cannot be judged."""
         _check_string_syntax(standard_conforming_strings)
@@ -97,6 +102,10 @@ class SessionGate:
         self._barrier = SettingsBarrier()
         self._limits = limits if limits is not None and limits.active else None
         self._followed = _FOLLOWED | COUNTED if self._limits is not None else _FOLLOWED
+        self.trail = trail
+        if trail is not None:
+            self._followed = self._followed | _AUDITED
+        self.outage: Decision | None = None  # set while every request must be refused (audit store down)
 
     # -- client → server -----------------------------------------------------------------------
     def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
@@ -143,10 +152,13 @@ class SessionGate:
             return self._stand_in(refused, lambda marker: denial.parse_stand_in(raw_name, marker))
         if kind == _Q:
             text = self._text(data, start, end)
-            statements = self._statements(text)
-            if statements is None:
+            judged = self._statements(text)
+            if judged is None:
                 return _WAIT
+            statements, key = judged
             decision = self._judge_all(statements)
+            if self.trail is not None:
+                self._audit_query(text, key, statements, decision)
             if decision is not None:
                 prepared.sent_query(())
                 return self._stand_in(decision, denial.query_stand_in)
@@ -159,14 +171,22 @@ class SessionGate:
             raw_name = data[start:name_end]
             name = self._name(raw_name)
             text = self._decode(data[name_end + 1 : query_end if query_end >= 0 else end])
-            statements = self._statements(text)
-            if statements is None:
+            judged = self._statements(text)
+            if judged is None:
                 return _WAIT
+            statements, key = judged
             decision = self._judge_all(statements)
+            meaning = meaning_of(statements)
+            if self.trail is not None:
+                source = trail_source(text, key, len(statements), self.trail.redact_literals)
+                if decision is not None:
+                    self.trail.parse_denied(meaning, decision, source, discarded=prepared.skipping)
+                else:
+                    meaning = replace(meaning, source=source)  # Binds record the text it was prepared with
             if decision is not None:
                 prepared.sent_parse(name, None)
                 return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker))
-            prepared.sent_parse(name, meaning_of(statements))
+            prepared.sent_parse(name, meaning)
             return None
         if kind == _B:
             portal_end = data.index(b"\x00", start, end)
@@ -179,6 +199,11 @@ class SessionGate:
                 return _WAIT
             statement = found.statement or unknown_name(name)
             decision = self._judge_all((statement,))
+            if self.trail is not None:
+                self.trail.bind(
+                    portal, statement, decision or self._decide(statement), statement.source,
+                    discarded=prepared.skipping,
+                )
             if decision is not None:
                 prepared.sent_bind(portal, None)
                 return self._stand_in(decision, lambda marker: denial.bind_stand_in(raw_portal, marker))
@@ -186,9 +211,13 @@ class SessionGate:
             return None
         if kind == _E:
             portal = self._name(data[start : data.find(b"\x00", start, end)])
+            if self.trail is not None:
+                self.trail.execute(portal, discarded=prepared.skipping)
             prepared.sent_execute(portal)
             self._barrier.after_execute(prepared.portal(portal), prepared.boundaries)
         elif kind == _S:
+            if self.trail is not None and not prepared.copy_in:
+                self.trail.sync()
             prepared.sent_sync()
             self._barrier.after_sync()
         elif kind == _C:
@@ -197,9 +226,13 @@ class SessionGate:
                 prepared.sent_close_statement(name)
             else:
                 prepared.sent_close_portal(name)
+                if self.trail is not None and not prepared.skipping:
+                    self.trail.close_portal(name)
         elif kind == _F:
             call = fast_path_statement(_unpack_oid(data, start)[0])
             decision = self._judge_all((call,))
+            if self.trail is not None:
+                self.trail.function_call(call, decision or self._decide(call), discarded=prepared.skipping)
             prepared.sent_function_call()
             if decision is not None:
                 return self._stand_in(decision, denial.query_stand_in)
@@ -226,13 +259,15 @@ class SessionGate:
         except UnicodeDecodeError:
             return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self._codec}")
 
-    def _statements(self, text: str | Statement) -> tuple[Statement, ...] | None:
-        """The statements of ``text`` with EXECUTE resolved; None when a name's meaning is not settled yet."""
+    def _statements(self, text: str | Statement) -> tuple[tuple[Statement, ...], str | None] | None:
+        """The statements of ``text`` with EXECUTE resolved, and the text's shape key; None when a name's
+        meaning is not settled yet."""
         if isinstance(text, Statement):
-            return (text,)
-        statements = self._classifier.classify(text).statements
+            return (text,), None
+        classification, key = self._classifier.classify_keyed(text)
+        statements = classification.statements
         if not any(needs_resolution(statement) for statement in statements):
-            return statements
+            return statements, key
         waits: list[str] = []
 
         def lookup(name: str) -> Statement | None:
@@ -242,12 +277,14 @@ class SessionGate:
             return found.statement
 
         resolved = tuple(resolve_prepared(statement, lookup) for statement in statements)
-        return None if waits else resolved
+        return None if waits else (resolved, key)
 
     def _judge_all(self, statements: Sequence[Statement]) -> Decision | None:
         """The decision when the request may not run as is, else None (allowed)."""
         if not statements:
             return None  # an empty query runs nothing
+        if self.outage is not None:
+            return self.outage
         if len(statements) == 1:
             decision = self._decide(statements[0])
         else:
@@ -266,6 +303,14 @@ class SessionGate:
                 )
             return None
         return decision
+
+    def _audit_query(
+        self, text: str | Statement, key: str | None, statements: Sequence[Statement], refused: Decision | None
+    ) -> None:
+        assert self.trail is not None
+        decisions = [refused or self._decide(statement) for statement in statements]
+        sources = trail_sources(text, key, len(statements), self.trail.redact_literals)
+        self.trail.query(statements, decisions, sources, discarded=self.prepared.skipping)
 
     def _decide(self, statement: Statement) -> Decision:
         if self._decisions_version != self._policies.version:
@@ -317,8 +362,12 @@ class SessionGate:
                 prepared.parse_complete()
             elif kind == 0x43:  # 'C' CommandComplete
                 prepared.command_complete()
+                if self.trail is not None:
+                    self.trail.completed(data[start : end - 1].decode("ascii", "replace"))
             elif kind == 0x5A:  # 'Z' ReadyForQuery
                 prepared.ready()
+                if self.trail is not None:
+                    self.trail.ready()
                 self._barrier.ready()
                 if prepared.idle:
                     self._markers.clear()  # every stand-in has been answered or skipped
@@ -329,10 +378,18 @@ class SessionGate:
                     if splice is None:
                         splice = Splice(data)
                     splice.swap(start - 5, end, replacement)
+                if self.trail is not None:
+                    body = data[start:end] if replacement is None else replacement[5:]
+                    self.trail.failed(*error_fields(body, self._codec))
             elif kind == 0x33:  # '3' CloseComplete
                 prepared.close_complete()
             elif kind in (0x49, 0x73):  # 'I' EmptyQueryResponse, 's' PortalSuspended
                 prepared.execute_finished_without_command()
+                if self.trail is not None:
+                    self.trail.ended_without_command(_ENDINGS[kind])
+            elif kind == 0x56:  # 'V' FunctionCallResponse (followed only when auditing)
+                assert self.trail is not None
+                self.trail.ended_without_command(_ENDINGS[kind])
             elif kind == 0x47:  # 'G' CopyInResponse
                 prepared.copy_in_started()
             elif kind == 0x53:  # 'S' ParameterStatus

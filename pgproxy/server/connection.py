@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pgproxy.audit.jsonl import AuditStoreUnavailable
+from pgproxy.audit.service import AuditService
 from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
@@ -27,6 +29,7 @@ from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
 from pgproxy.server.endpoint import ConnectionClosed, Endpoint
 from pgproxy.server.relay import Relay
+from pgproxy.server.session_records import SessionRecords
 from pgproxy.server.upstream import open_upstream, send_cancel
 from pgproxy.session import client as hs
 from pgproxy.session.params import ClientStartup, StartupRefused, stamped_application_name, vet_startup
@@ -65,6 +68,8 @@ class ProxyContext:
     session_outlives_token: bool = False
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     classifier: Classifier = field(default_factory=Classifier)  # shared: its cache serves every session
+    audit: AuditService | None = None  # None: no audit log (only when explicitly configured so)
+    redact_literals: bool = False  # audit records show statements with constants replaced by $n
 
 
 class Refusal(Exception):
@@ -128,10 +133,12 @@ class ClientConnection:
         self._expiry: asyncio.TimerHandle | None = None
         self._handshake = hs.ClientHandshake()
         self._done = False
+        self.records = SessionRecords(context.audit)
 
     def _connected(self, endpoint: Endpoint) -> None:
         assert endpoint.transport is not None
         self.peer = endpoint.transport.get_extra_info("peername")
+        self.records.peer = self.peer
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -143,6 +150,7 @@ class ClientConnection:
                 return
         except Refusal as refusal:
             log.info("refused connection from %s: %s", self.peer, refusal.error.message)
+            self.records.refused(self.startup, self.identity, refusal.error)
             self.endpoint.write(refusal.error.encode())
         except ProtocolError as exc:
             log.info("protocol error from %s: %s", self.peer, exc.message)
@@ -273,6 +281,13 @@ class ClientConnection:
         except GateFatal as exc:
             upstream.endpoint.close()
             raise Refusal(exc.sqlstate, exc.message) from exc
+        try:
+            await self.records.started(startup, identity, profile.upstream_role)
+        except AuditStoreUnavailable as exc:
+            upstream.endpoint.close()
+            raise Refusal(
+                "58000", "pgproxy cannot write its audit log, so it admits no session now", hint="retry shortly"
+            ) from exc
         key = upstream.login.backend_key
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:
@@ -296,6 +311,7 @@ class ClientConnection:
             max_client_message=self.context.max_client_message,
             on_finished=self._finished,
             gate=gate,
+            audit=self.context.audit,
         )
         self._schedule_expiry(identity)
         self.relay.start(b"", upstream.leftover)
@@ -327,7 +343,9 @@ class ClientConnection:
             server_encoding=reported.get("server_encoding", "UTF8"),
             standard_conforming_strings=reported.get("standard_conforming_strings", "off"),
             limits=_row_limits(profile),
+            trail=self.records.trail(identity, startup, profile.upstream_role, self.context.redact_literals),
         )
+
 
     def _schedule_expiry(self, identity: Identity) -> None:
         if self.context.session_outlives_token or identity.expires_at is None:
@@ -372,6 +390,7 @@ class ClientConnection:
         if self._done:
             return
         self._done = True
+        self.records.ended(self.relay.end_reason if self.relay is not None else None)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

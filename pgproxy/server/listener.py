@@ -73,6 +73,9 @@ class ProxyServer:
                 log.exception("reload failed")
 
     async def start(self) -> None:
+        """Open the audit log (if any; raises when it cannot be opened), then listen."""
+        if self.context.audit is not None:
+            await self.context.audit.open()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._accept, self.host, self.port, reuse_port=self.reuse_port or None, backlog=1024
@@ -126,6 +129,8 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)  # let transports flush their final error messages
+        if self.context.audit is not None:
+            await self.context.audit.close()  # after the sessions: their last records are written
 
     async def run_until_signalled(self, grace_seconds: float) -> None:
         """Serve until SIGTERM or SIGINT, then shut down gracefully."""

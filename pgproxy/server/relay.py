@@ -13,9 +13,13 @@ makes pgproxy hold a whole result set in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
+from pgproxy.audit.jsonl import AuditStoreUnavailable
+from pgproxy.audit.service import AuditService
+from pgproxy.gate.denial import OUTAGE_SQLSTATE, outage_decision
 from pgproxy.gate.limits import LimitExceeded
 from pgproxy.gate.session import GateFatal, SessionGate
 from pgproxy.server.endpoint import Endpoint, RelaySink
@@ -32,6 +36,8 @@ _TRANSACTION_STATES = frozenset(b"ITE")
 # Every message type a server may send after startup (protocol 3.0). Anything else fails closed:
 # the client must never receive bytes pgproxy could not have framed and inspected.
 _BACKEND_TYPES = frozenset(b"RK23CdcGHWDIEVvnNAtS1sZT")
+_OUTAGE = outage_decision()
+_LOST_STORE = "pgproxy lost its audit store while a statement waited to be logged; it was not run"
 # A server message can legitimately be as large as 1 GB (a huge DataRow); the client limit is ours.
 UPSTREAM_MESSAGE_LIMIT = 1 << 30
 
@@ -47,9 +53,15 @@ class Relay:
         max_client_message: int,
         on_finished: Callable[[], None],
         gate: SessionGate | None = None,
+        audit: AuditService | None = None,
     ) -> None:
         self.client = client
         self.gate = gate
+        self.audit = audit if gate is not None and gate.trail is not None else None
+        # Intents being made durable, and the judged bytes that wait for them (audit before forwarding).
+        self._audit_wait: asyncio.Future[object] | None = None
+        self._waiting_bytes = b""
+        self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
         self._held: list[tuple[bytes, list[tuple[int, int, int]], int]] = []
@@ -97,7 +109,7 @@ class Relay:
             return
         if not complete:
             return
-        if self._held:
+        if self._held or self._audit_wait is not None:
             self._held.append((complete, frames, 0))
             return
         self._forward_client(complete, frames, 0)
@@ -107,7 +119,10 @@ class Relay:
         gate = self.gate
         stop = len(frames)
         out = chunk
+        audit = self.audit
         if gate is not None:
+            if audit is not None:
+                gate.outage = None if audit.accepting else _OUTAGE
             try:
                 out, stop = gate.from_client(chunk, frames, first)
             except GateFatal as exc:
@@ -119,18 +134,69 @@ class Relay:
             client_sent(kind)
             if kind == _TERMINATE:
                 self.client_terminated = True
+        if audit is not None and self._wait_for_intents(audit, out):
+            if stop < len(frames):
+                self._held.insert(0, (chunk, frames, stop))
+            self._pause_client()
+            return False
         if out:
             self.upstream.write(out)
+            if gate is not None and gate.trail is not None:
+                gate.trail.forwarded()
         if stop < len(frames):
             # Wait for the server's answers; stop reading the client meanwhile (bounded memory).
             self._held.insert(0, (chunk, frames, stop))
-            if self.client.transport is not None and not self.client.transport.is_closing():
-                self.client.transport.pause_reading()
+            self._pause_client()
             return False
         return True
 
+    def _wait_for_intents(self, audit: AuditService, out: bytes) -> bool:
+        """Submit the intents of what was just judged; True when ``out`` must wait until they are durable."""
+        assert self.gate is not None and self.gate.trail is not None
+        trail = self.gate.trail
+        if not trail.has_intents:
+            return False
+        intents = trail.take_intents()
+        if not audit.healthy:
+            if audit.fail_open:
+                audit.record(intents)  # written when the store is back
+            else:
+                # Only stand-ins are forwarded during an outage: nothing runs, and nothing can be written.
+                log.warning("audit store unavailable: %d refused statement(s) not recorded", len(intents))
+            return False
+        try:
+            future = audit.enqueue(intents)
+        except AuditStoreUnavailable:
+            self.fail_client(OUTAGE_SQLSTATE, _LOST_STORE)
+            return True
+        self._audit_wait = future
+        self._waiting_bytes = out
+        future.add_done_callback(self._intents_written)
+        return True
+
+    def _intents_written(self, future: asyncio.Future[object]) -> None:
+        self._audit_wait = None
+        out, self._waiting_bytes = self._waiting_bytes, b""
+        if self._finished:
+            return
+        failed = future.cancelled() or future.exception() is not None
+        if failed and not (self.audit is not None and self.audit.fail_open):
+            self.fail_client(OUTAGE_SQLSTATE, _LOST_STORE)
+            return
+        if out:
+            self.upstream.write(out)
+            if self.gate is not None and self.gate.trail is not None:
+                self.gate.trail.forwarded()
+        self._release_held()
+
+    def _pause_client(self) -> None:
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.pause_reading()
+
     def _release_held(self) -> None:
         """Forward held client messages now that the server has answered; stop again if still needed."""
+        if self._audit_wait is not None:
+            return  # their turn comes when the intents before them are durable
         while self._held:
             chunk, frames, first = self._held.pop(0)
             if not self._forward_client(chunk, frames, first) or self._finished:
@@ -167,6 +233,11 @@ class Relay:
                 self.client.write(exc.allowed)
                 self.fail_client(exc.sqlstate, exc.message)
                 return
+            if self.audit is not None:
+                trail = self.gate.trail
+                assert trail is not None
+                if trail.has_outcomes:
+                    self.audit.record(trail.take_outcomes())
         if complete:
             self.client.write(complete)
         if self._held:
@@ -201,6 +272,7 @@ class Relay:
     def _end(self, error: be.ErrorResponse) -> None:
         if self._finished:
             return
+        self.end_reason = f"{error.sqlstate}: {error.message}"
         self.client.write(error.encode())
         self.finish()
 
@@ -208,6 +280,10 @@ class Relay:
         if self._finished:
             return
         self._finished = True
+        if self.end_reason is None:
+            self.end_reason = "the client ended the session" if self.client_terminated else "the connection closed"
+        if self.audit is not None and self.gate is not None and self.gate.trail is not None:
+            self.audit.record(self.gate.trail.session_ended() + self.gate.trail.take_intents())
         if not self.upstream.closed:
             if not self.client_terminated:
                 self.upstream.write(b"X\x00\x00\x00\x04")  # Terminate: end the backend cleanly
@@ -230,7 +306,7 @@ class Relay:
 
     def _resume(self, other: Endpoint) -> Callable[[], None]:
         def resume() -> None:
-            if other is self.client and self._held:
+            if other is self.client and (self._held or self._audit_wait is not None):
                 return  # the client stays paused until its held messages can go
             if other.transport is not None and not other.transport.is_closing():
                 other.transport.resume_reading()

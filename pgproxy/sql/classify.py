@@ -113,10 +113,14 @@ class Classifier:
 
     def classify(self, sql: str) -> Classification:
         """Classify ``sql``, from the cache when a text of the same shape was seen. Never raises."""
+        return self.classify_keyed(sql)[0]
+
+    def classify_keyed(self, sql: str) -> tuple[Classification, str | None]:
+        """``classify`` and the text's shape key (its normalization; None when not computed)."""
         found = self._texts.get(sql)
         if found is not None:
             self.hits += 1
-            return found
+            return found, sql  # only plain texts are in this map: they are their own shape key
         keyed = None
         if len(sql) <= MAX_CACHED_TEXT:
             try:
@@ -129,14 +133,14 @@ class Classifier:
                 self.hits += 1
                 if keyed[1]:
                     self._texts.put(sql, found)
-                return found
+                return found, keyed[0]
         self.misses += 1
         result, cacheable = classify_text(sql)
         if keyed is not None and cacheable:
             self._shapes.put(keyed[0], result)
             if keyed[1]:
                 self._texts.put(sql, result)
-        return result
+        return result, keyed[0] if keyed is not None else None
 
     @property
     def cached(self) -> int:

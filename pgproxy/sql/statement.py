@@ -89,6 +89,14 @@ class Relation:
 
 
 @dataclass(frozen=True, slots=True)
+class StatementSource:
+    """A statement's text as the audit log shows it, and its fingerprint (a hash of its normalized text)."""
+
+    text: str
+    fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """One statement's classification."""
 
@@ -106,6 +114,8 @@ class Statement:
     refusal: str | None = None  # refused whatever the policy says (COPY PROGRAM, server files), and why
     reason: str | None = None  # why the category is UNKNOWN (e.g. the parser's error)
     node: str | None = None  # the parser's node type of the statement ("SelectStmt"), None when unparsed
+    # A prepared statement's own text, kept with its classification when auditing (never compared).
+    source: StatementSource | None = field(default=None, compare=False, repr=False)
 
     @property
     def relations(self) -> frozenset[Relation]:

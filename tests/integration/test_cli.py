@@ -82,7 +82,8 @@ def test_invalid_policies_stop_pgproxy_at_start_naming_file_and_line(
 ) -> None:
     (tmp_path / "broken.yaml").write_text(content)
     base = ["--upstream", "postgresql://u@127.0.0.1/db", "--oidc-issuer", "https://idp.example",
-            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback", "--oidc-jwks", str(tmp_path / "none.json")]
+            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback", "--oidc-jwks", str(tmp_path / "none.json"),
+            "--audit-disabled"]
     result = subprocess.run([*PGPROXY, "run", *base, "--policies", str(tmp_path)], capture_output=True,
                             text=True, timeout=60, env=clean_env(), check=False)
     assert result.returncode == 2, result.stderr
@@ -91,7 +92,7 @@ def test_invalid_policies_stop_pgproxy_at_start_naming_file_and_line(
 
 def test_missing_policy_directory_is_a_setting_error(tmp_path: Path) -> None:
     base = ["--upstream", "postgresql://u@127.0.0.1/db", "--oidc-issuer", "https://idp.example",
-            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback"]
+            "--oidc-audience", "pgproxy", "--allow-plaintext-loopback", "--audit-disabled"]
     result = subprocess.run([*PGPROXY, "run", *base, "--policies", str(tmp_path / "absent")], capture_output=True,
                             text=True, timeout=60, env=clean_env(), check=False)
     assert result.returncode == 2 and "invalid setting 'policies'" in result.stderr
@@ -112,7 +113,8 @@ def test_run_from_environment_and_config_file_then_sigterm(
     config = tmp_path / "pgproxy.toml"
     config.write_text(f'listen = "127.0.0.1:{port}"\noidc_audience = "{fake_idp.audience}"\n'
                       'allow_plaintext_loopback = true\nshutdown_grace_seconds = 5\n'
-                      f'policies = "{POLICIES / "permissive"}"\n')
+                      f'policies = "{POLICIES / "permissive"}"\n'
+                      f'audit_jsonl = "{tmp_path / "audit.jsonl"}"\n')
     env = clean_env(PGPROXY_UPSTREAM=postgres.dsn(UPSTREAM_ROLE) + "?sslmode=disable",
                     PGPROXY_OIDC_ISSUER=fake_idp.issuer, PGPROXY_OIDC_JWKS=fake_idp.jwks_url)
     process = subprocess.Popen([*PGPROXY, "run", "--config", str(config)], env=env, text=True,

@@ -228,6 +228,7 @@ def pgproxy_process(postgres: RealPostgres, fake_idp: FakeIdP, tmp_path: Path) -
         PGPROXY_POLICIES=str(policies),
         PGPROXY_POLICY_POLL_SECONDS="0",
         PGPROXY_SHUTDOWN_GRACE_SECONDS="1",
+        PGPROXY_AUDIT_JSONL=str(tmp_path / "audit.jsonl"),
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "pgproxy.cli", "run"],

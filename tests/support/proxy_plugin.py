@@ -7,6 +7,7 @@ pgbench — can talk to it. Settings go through ``load_settings`` like ``pgproxy
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 import uvloop
 
 from pgproxy.app import build_server
+from pgproxy.audit.jsonl import read_records
+from pgproxy.audit.record import AuditRecord
 from pgproxy.config import load_settings
 from pgproxy.devcerts import write_self_signed
 from pgproxy.server.listener import ProxyServer
@@ -71,6 +74,19 @@ class RunningProxy:
         query = f"?sslmode={sslmode}" if sslmode else ""
         return f"{scheme}://{quote(user)}:{quote(token, safe='')}@127.0.0.1:{self.port}/{database}{query}"
 
+    def audit_records(self) -> list[AuditRecord]:
+        """Every record of this proxy's JSONL audit log, once everything submitted so far is written."""
+        audit = self.server.context.audit
+        assert audit is not None and self.settings.audit_jsonl is not None, "this proxy has no JSONL audit log"
+
+        async def drain() -> None:
+            for target in audit.targets:
+                if target.committer is not None:
+                    await target.committer.drain()
+
+        self.call(drain())
+        return list(read_records(self.settings.audit_jsonl))
+
     def stop(self, grace: float = 5.0) -> None:
         if self.loop.is_running():
             self.call(self.server.shutdown(grace), timeout=grace + 30)
@@ -81,6 +97,7 @@ class RunningProxy:
 
 
 ProxyFactory = Callable[..., RunningProxy]
+_AUDIT_FILES = itertools.count(1)
 
 
 def base_settings(postgres: RealPostgres, idp: FakeIdP, tls_dir: Path) -> dict[str, Any]:
@@ -96,6 +113,7 @@ def base_settings(postgres: RealPostgres, idp: FakeIdP, tls_dir: Path) -> dict[s
         "allow_plaintext_loopback": True,
         "shutdown_grace_seconds": 5,
         "policies": POLICIES / "permissive",
+        "audit_jsonl": tls_dir / f"audit-{next(_AUDIT_FILES)}.jsonl",
     }
 
 

@@ -102,4 +102,69 @@ def unsealed_records(draw: st.DrawFn) -> AuditRecord:
 
 
 def field_names() -> list[str]:
-    return [field.name for field in dataclasses.fields(AuditRecord)]
+    return [field.name for field in dataclasses.fields(AuditRecord) if field.init]
+
+
+# -- a morning of activity, for the review side (search, show, export, the web page) ---------------------
+
+DAY = "2024-05-01"
+XSS = "SELECT '<script>alert(1)</script>' AS x, '=HYPERLINK(\"http://evil.example\")' AS y"
+
+
+def at(clock: str) -> str:
+    """A record time on ``DAY``: ``at("09:00:01.5")`` → ``2024-05-01T09:00:01.500000Z``."""
+    whole, _, fraction = clock.partition(".")
+    return f"{DAY}T{whole}.{fraction.ljust(6, '0')}Z"
+
+
+def session_record(kind: RecordKind, record_id: str, session_id: str, clock: str, **fields: Any) -> AuditRecord:
+    return AuditRecord(kind=kind, time=at(clock), record_id=record_id, session_id=session_id, **fields)
+
+
+def review_log() -> list[AuditRecord]:
+    """Unsealed records in time (and so stored) order, with readable record ids.
+
+    Session ``s-ada`` (ada@example.com, database app): a read (``ada-read`` + ``ada-read-done``), a denied
+    delete of ``accounts`` (``ada-delete`` + ``ada-delete-done``, SQLSTATE 42501), a statement still running
+    (``ada-sleep``, no outcome). Session ``s-bob`` (Bob@Example.com, database billing, a formula as
+    application name): a DDL held for approval and approved by carol and dave (``bob-alter`` +
+    ``bob-alter-done``), a read whose text carries markup and a formula (``bob-xss`` + ``bob-xss-done``).
+    An auth failure of "mallory"; both sessions end.
+    """
+    ada = {"session_id": "s-ada", "subject": "user-1", "email": "ada@example.com", "database": "app"}
+    bob = {"session_id": "s-bob", "subject": "user-2", "email": "Bob@Example.com", "database": "billing",
+           "groups": ("eng",), "client_address": "10.0.0.9:40000"}
+    read = statement("SELECT * FROM public.accounts WHERE id = 1", record_id="ada-read", time=at("09:00:01"), **ada)
+    delete = statement(
+        "DELETE FROM accounts", record_id="ada-delete", time=at("09:05:00"), category="write", command="DELETE",
+        relations=("accounts",), decision=Decision.DENY, rule_id="no-deletes", statement_index=0, **ada,
+    )
+    sleep = statement("SELECT pg_sleep(3600)", record_id="ada-sleep", time=at("11:00:30"), relations=(), **ada)
+    alter = statement(
+        "ALTER TABLE billing.invoices ADD COLUMN note text", record_id="bob-alter", time=at("10:01:00"),
+        category="ddl", command="ALTER TABLE", relations=("billing.invoices",), decision=Decision.REQUIRE_APPROVAL,
+        rule_id="ddl-needs-approval", approval_id="req-1", approvers=("carol@example.com", "Dave@example.com"),
+        **bob,
+    )
+    xss = statement(XSS, record_id="bob-xss", time=at("10:31:00"), relations=(), **bob)
+    return [
+        session_record(RecordKind.SESSION_START, "ada-start", "s-ada", "09:00:00", subject="user-1",
+                       email="ada@example.com", database="app", client_address="10.0.0.7:51234",
+                       application_name="psql"),
+        read,
+        outcome(read, record_id="ada-read-done", time=at("09:00:01.5"), command_tag="SELECT 1", rows=1),
+        delete,
+        outcome(delete, record_id="ada-delete-done", time=at("09:05:00.1"), command_tag=None, rows=None,
+                sqlstate="42501", error_message="permission denied by policy no-deletes"),
+        session_record(RecordKind.SESSION_START, "bob-start", "s-bob", "10:00:00", subject="user-2",
+                       email="Bob@Example.com", database="billing", application_name="=cmd|' /C calc'!A0"),
+        alter,
+        xss,
+        outcome(xss, record_id="bob-xss-done", time=at("10:31:00.2"), command_tag="SELECT 1", rows=1),
+        outcome(alter, record_id="bob-alter-done", time=at("10:45:00"), command_tag="ALTER TABLE", rows=None),
+        AuditRecord(kind=RecordKind.AUTH_FAILURE, time=at("11:00:00"), record_id="mallory-failed",
+                    login_user="mallory", client_address="203.0.113.9:1234", reason="token expired"),
+        sleep,
+        session_record(RecordKind.SESSION_END, "bob-end", "s-bob", "11:30:00", reason="client closed"),
+        session_record(RecordKind.SESSION_END, "ada-end", "s-ada", "11:45:00", reason="token expired"),
+    ]
