@@ -35,7 +35,7 @@ from types import FrameType
 from benchkit import BenchError
 from benchkit.pgbench import Config, client_env, run_pgbench, smoke_test
 from benchkit.pgbouncer import DEFAULT_PGBOUNCER, check_pgbouncer, pgbouncer_version, start_pgbouncer
-from benchkit.pgproxy import PgproxyCommand, check_pgproxy, load_issuer, mint_token, start_pgproxy
+from benchkit.pgproxy import AUDIT_STORES, PgproxyCommand, check_pgproxy, load_issuer, mint_token, start_pgproxy
 from benchkit.postgres import (
     DEFAULT_PG_BIN,
     Postgres,
@@ -77,6 +77,7 @@ class Options:
     pg_bin: Path
     pgbouncer: Path
     pgproxy: PgproxyCommand
+    audit: str = "jsonl"
 
     def configs(self) -> list[Config]:
         """The matrix, in run order: fewest clients first, simple before extended."""
@@ -93,6 +94,7 @@ class Options:
             "clients": list(self.clients), "modes": list(self.modes), "targets": list(self.targets),
             "max_jobs": self.jobs, "scale": self.scale, "pg_bin": str(self.pg_bin),
             "pgbouncer": str(self.pgbouncer), "pgproxy_cmd": self.pgproxy.describe(),
+            "audit": self.audit,
         }
 
 
@@ -151,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--pg-bin", type=Path, default=DEFAULT_PG_BIN, help=f"PostgreSQL programs (default {DEFAULT_PG_BIN})")
     add("--pgbouncer", type=Path, default=DEFAULT_PGBOUNCER, help=f"pgbouncer (default {DEFAULT_PGBOUNCER})")
     add("--pgproxy-cmd", help="command instead of <venv>/bin/pgproxy; `run --listen ...` is appended")
+    add("--audit", choices=AUDIT_STORES, default="jsonl",
+        help="pgproxy's audit log: a JSONL file, the postgres schema of the benchmark database, or off "
+             "(default jsonl)")
     add("--pgproxy-arg", action="append", default=[], metavar="ARG",
         help="extra argument appended to `pgproxy run` (repeatable), e.g. --pgproxy-arg=--log-level=WARNING")
     return parser
@@ -172,6 +177,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         targets=tuple(t for t in ALL_TARGETS if t in ns.targets),
         jobs=ns.jobs, scale=ns.scale, json_path=ns.json_path, pg_bin=ns.pg_bin, pgbouncer=ns.pgbouncer,
         pgproxy=PgproxyCommand.build(ns.pgproxy_cmd, ns.pgproxy_arg),
+        audit=ns.audit,
     )
 
 
@@ -235,7 +241,7 @@ def _start_pgproxy_target(options: Options, stack: ExitStack, workdir: Path, clu
     issuer = load_issuer(workdir / "issuer")
     port = free_port()
     log(f"starting pgproxy: {options.pgproxy.describe()}")
-    proxy = start_pgproxy(options.pgproxy, cluster, issuer, workdir / "pgproxy", port)
+    proxy = start_pgproxy(options.pgproxy, cluster, issuer, workdir / "pgproxy", port, audit_store=options.audit)
     stack.callback(_quietly, proxy.stop)
     return Target(PGPROXY, port, proxy, lambda ttl: mint_token(issuer, ttl))
 

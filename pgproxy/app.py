@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pgproxy.audit.forward import build_forwarder
 from pgproxy.audit.jsonl import JsonlAuditStore
 from pgproxy.audit.postgres import PostgresAuditStore
+from pgproxy.audit.review import AuditReader, JsonlAuditReader, PostgresAuditReader
 from pgproxy.audit.service import AuditService, AuditTarget
 from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
 from pgproxy.policy.store import PolicyStore
-from pgproxy.server.connection import ProxyContext
+from pgproxy.server.connection import ProxyContext, Verifier
 from pgproxy.server.listener import ProxyServer
 from pgproxy.server.tls import client_facing_context
+from pgproxy.web.app import build_web_app
+from pgproxy.web.server import WebServer
 
 T = TypeVar("T")
 log = logging.getLogger("pgproxy")
@@ -78,10 +81,35 @@ def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> P
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)
+    web = build_web(settings, context.verifier) if settings.web_address is not None else None
+    if web is not None:
+        server.services.append(web)
     server.on_reload(policies.reload)
     if settings.policy_poll_seconds > 0:
         server.every(settings.policy_poll_seconds, policies.reload_if_changed)
     return server
+
+
+def build_web(settings: Settings, verifier: Verifier) -> WebServer:
+    """The audit review page and API, reading the log pgproxy writes (the database if there is one)."""
+    reader_factory: Callable[[], AuditReader]
+    dsn = settings.audit_review_dsn or settings.audit_dsn
+    if dsn is not None:
+        reader = PostgresAuditReader.connect(dsn, schema=settings.audit_schema)
+        reader_factory = lambda: reader  # noqa: E731 -- the reader opens a connection per query
+    else:
+        assert settings.audit_jsonl is not None
+        jsonl_reader = JsonlAuditReader([settings.audit_jsonl])
+        reader_factory = lambda: jsonl_reader  # noqa: E731
+    app = build_web_app(
+        reader_factory=reader_factory,
+        verifier=verifier,
+        reviewer_groups=tuple(settings.audit_reviewers),
+        secure_cookies=settings.tls_cert is not None,
+    )
+    address = settings.web_address
+    assert address is not None
+    return WebServer(app, host=address[0], port=address[1], certfile=settings.tls_cert, keyfile=settings.tls_key)
 
 
 async def serve(settings: Settings, ready: Awaitable[None] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The ``pgproxy`` command: ``run``, ``demo``, ``token``, ``policy …`` and ``audit verify``.
+"""The ``pgproxy`` command: ``run``, ``demo``, ``token``, ``policy …`` and ``audit verify|search|show|export``.
 
 Parses arguments and hands off; the work lives in ``app``, ``demo`` and ``auth.demo_issuer``.
 """
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgproxy.audit.query import FILTER_KEYS
 from pgproxy.config import Settings, SettingsError, load_settings
 
 # Flags for `pgproxy run`, one per setting; values default to None so env/config-file values win.
@@ -32,6 +33,17 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "startup_timeout_seconds": {"metavar": "S", "type": float},
     "policies": {"metavar": "DIR", "type": Path},
     "policy_poll_seconds": {"metavar": "S", "type": float},
+    "audit_jsonl": {"metavar": "FILE", "type": Path},
+    "audit_dsn": {"metavar": "DSN"},
+    "audit_schema": {"metavar": "SCHEMA"},
+    "audit_disabled": {"action": "store_const", "const": True},
+    "audit_fail_open": {"action": "store_const", "const": True},
+    "audit_redact_literals": {"action": "store_const", "const": True},
+    "audit_forward": {"metavar": "none|stdout|syslog"},
+    "audit_syslog_address": {"metavar": "PATH|HOST:PORT"},
+    "web_listen": {"metavar": "HOST:PORT"},
+    "audit_reviewers": {"metavar": "GROUP[,GROUP]"},
+    "audit_review_dsn": {"metavar": "DSN"},
     "log_level": {"metavar": "LEVEL"},
 }
 
@@ -91,7 +103,41 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
     verify.add_argument("--anchor", action="append", default=[], metavar="CHAIN:SEQ:HASH",
                         help="a chain head recorded earlier (proves nothing was cut from the end); repeatable")
+    search = audit_commands.add_parser("search", help="list audit records matching filters, newest first")
+    _audit_source_options(search)
+    _audit_filter_options(search)
+    search.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (default 50)")
+    search.add_argument("--oldest-first", action="store_true", help="list the oldest matches first")
+    search.add_argument("--json", action="store_true", help="JSON lines: {record, outcomes} per entry")
+    search.add_argument("--width", type=int, default=60, metavar="N", help="cut statement text to N characters")
+    show = audit_commands.add_parser("show", help="one record with its outcomes and session, or a whole session")
+    _audit_source_options(show)
+    show.add_argument("id", metavar="ID", help="a record_id, or a session_id")
+    show.add_argument("--json", action="store_true", help="one JSON object: record, outcomes, intent, session")
+    export = audit_commands.add_parser("export", help="write matching records as JSONL or CSV")
+    _audit_source_options(export)
+    _audit_filter_options(export)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here (created 0600), not stdout")
     return parser
+
+
+def _audit_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jsonl", action="append", default=[], type=Path, metavar="FILE",
+                        help="JSONL audit file (repeatable; oldest first) [PGPROXY_AUDIT_JSONL]")
+    parser.add_argument("--dsn", help="PostgreSQL audit database (a role with SELECT is enough) [PGPROXY_AUDIT_DSN]")
+    parser.add_argument("--schema", help="schema of the audit tables (default pgproxy) [PGPROXY_AUDIT_SCHEMA]")
+
+
+def _audit_filter_options(parser: argparse.ArgumentParser) -> None:
+    helps = {
+        "identity": "subject or email (exact, any case)", "from": "start time, inclusive (ISO-8601; naive = UTC)",
+        "to": "end time, exclusive", "table": "a relation the statement names (bare or schema-qualified)",
+        "decision": "allow, deny or require_approval", "approver": "one of the statement's approvers",
+        "text": "substring of the statement text (any case)", "kind": "record kinds, comma-separated",
+    }
+    for name in FILTER_KEYS:
+        parser.add_argument(f"--{name}", dest=f"filter_{name}", metavar=name.upper(), help=helps.get(name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pgproxy: {exc}", file=sys.stderr)
         return 2
     from pgproxy.app import configure_logging, run_loop, serve  # noqa: PLC0415
+    from pgproxy.audit.service import AuditOpenError  # noqa: PLC0415
     from pgproxy.policy.loader import PolicyLoadError  # noqa: PLC0415
 
     configure_logging(settings.log_level)
@@ -137,19 +184,47 @@ def _run(args: argparse.Namespace) -> int:
     except PolicyLoadError as exc:
         print(f"pgproxy: the policies in {settings.policies} are not valid; not starting:\n{exc}", file=sys.stderr)
         return 2
+    except AuditOpenError as exc:
+        print(f"pgproxy: cannot open the audit log; not starting: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from pgproxy.audit import tooling  # noqa: PLC0415
+    import asyncio  # noqa: PLC0415
 
+    from pgproxy.audit import tooling  # noqa: PLC0415
+    from pgproxy.audit.query import RecordFilter, parse_filter  # noqa: PLC0415
+
+    if args.audit_command == "verify":
+        try:
+            anchors = [tooling.parse_anchor(text) for text in args.anchor]
+        except ValueError as exc:
+            print(f"pgproxy: {exc}", file=sys.stderr)
+            return 2
+        report = tooling.verify_files(args.files, anchors)
+        print(report.text)
+        return report.exit_code
     try:
-        anchors = [tooling.parse_anchor(text) for text in args.anchor]
+        reader = tooling.open_reader(args.jsonl, args.dsn, args.schema, os.environ)
+        flt = RecordFilter()
+        if args.audit_command != "show":
+            flt = parse_filter({name: getattr(args, f"filter_{name}") for name in FILTER_KEYS})
+        if args.audit_command == "search" and args.limit < 1:
+            raise ValueError("--limit must be at least 1")
     except ValueError as exc:
         print(f"pgproxy: {exc}", file=sys.stderr)
         return 2
-    report = tooling.verify_files(args.files, anchors)
-    print(report.text)
+    if args.audit_command == "search":
+        report = asyncio.run(tooling.search(reader, flt, limit=args.limit, newest_first=not args.oldest_first,
+                                            as_json=args.json, text_width=args.width))
+    elif args.audit_command == "show":
+        report = asyncio.run(tooling.show(reader, args.id, as_json=args.json))
+    else:
+        report = asyncio.run(tooling.export_to(reader, flt, args.format, args.output, sys.stdout.buffer))
+    if report.text:
+        to_stderr = report.exit_code != 0 or args.audit_command == "export"
+        print(report.text, file=sys.stderr if to_stderr else sys.stdout)
     return report.exit_code
 
 

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     audit_redact_literals: bool = Field(False, description="log statement text with constants replaced by $n")
     audit_forward: str = Field("none", description="also send records as JSON lines to: none, stdout or syslog")
     audit_syslog_address: str = Field("/dev/log", description="syslog socket path or HOST:PORT (UDP)")
+    web_listen: str | None = Field(None, description="HOST:PORT of the audit review page and API (off when unset)")
+    audit_reviewers: Annotated[list[str], NoDecode] = Field(
+        ["auditors"], description="groups whose members may use the audit review page (comma separated)"
+    )
+    audit_review_dsn: str | None = Field(
+        None, description="DSN the review page reads the audit database with (default: audit_dsn)"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @classmethod
@@ -80,7 +87,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
         return tuple(sources)
 
-    @field_validator("oidc_audience", "oidc_algorithms", mode="before")
+    @field_validator("oidc_audience", "oidc_algorithms", "audit_reviewers", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -91,6 +98,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("web_listen")
+    @classmethod
+    def _check_web_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("audit_reviewers")
+    @classmethod
+    def _check_reviewers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one reviewer group is required")
         return value
 
     @field_validator("upstream")
@@ -163,6 +184,8 @@ class Settings(BaseSettings):
                 "no audit log: give audit_jsonl (a file) and/or audit_dsn (a PostgreSQL database),"
                 " or audit_disabled to run without one"
             )
+        if self.web_listen is not None and not configured:
+            raise ValueError("web_listen serves the audit log: give audit_jsonl or audit_dsn")
         if self.audit_jsonl is not None and not self.audit_jsonl.parent.is_dir():
             raise ValueError(f"directory of audit_jsonl not found: {self.audit_jsonl.parent}")
         return self
@@ -184,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.web_listen) if self.web_listen is not None else None
 
 
 def parse_listen(value: str) -> tuple[str, int]:

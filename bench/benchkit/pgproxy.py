@@ -140,8 +140,23 @@ def write_bench_policies(directory: Path) -> Path:
     return directory
 
 
+AUDIT_STORES = ("jsonl", "postgres", "off")
+
+
+def audit_argv(store: str, cluster: Postgres, workdir: Path) -> list[str]:
+    """The audit settings for ``store``: a JSONL file in ``workdir``, the ``pgproxy`` schema of the
+    benchmark database (same server: its commits compete with the workload, as they would on one box),
+    or no audit log."""
+    if store == "jsonl":
+        return ["--audit-jsonl", os.fspath(workdir / "audit.jsonl")]
+    if store == "postgres":
+        return ["--audit-dsn", cluster.url()]
+    return ["--audit-disabled"]
+
+
 def pgproxy_argv(
-    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, port: int, policies: Path
+    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, port: int, policies: Path, *,
+    audit: Sequence[str] = ("--audit-disabled",),
 ) -> list[str]:
     """The full ``pgproxy run`` command line for listening on 127.0.0.1:``port``."""
     return [
@@ -153,18 +168,20 @@ def pgproxy_argv(
         "--oidc-jwks", os.fspath(issuer.jwks_path),
         "--allow-plaintext-loopback",
         "--policies", os.fspath(policies),
+        *audit,
         *command.extra,
     ]
 
 
 def start_pgproxy(
-    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, workdir: Path, port: int
+    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, workdir: Path, port: int, *, audit_store: str = "off"
 ) -> Service:
     """Start pgproxy (working directory ``workdir``) and wait until it listens on 127.0.0.1:``port``."""
     workdir.mkdir(exist_ok=True)
     service = start_service(
         "pgproxy",
-        pgproxy_argv(command, cluster, issuer, port, write_bench_policies(workdir / "policies")),
+        pgproxy_argv(command, cluster, issuer, port, write_bench_policies(workdir / "policies"),
+                     audit=audit_argv(audit_store, cluster, workdir)),
         cwd=workdir,
         log_path=workdir / "pgproxy.log",
         env=command.env(),

@@ -186,7 +186,7 @@ class JsonlAuditStore:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            os.fdatasync(fd)  # the data and the file size: what reading the records back needs
         except BaseException as exc:
             self._failure = exc
             raise
@@ -264,17 +264,22 @@ class GroupCommitter:
 
     ``await submit(record)`` returns the sealed record once the batch holding it is durable. While a
     batch is being written, new submissions accumulate and form the next batch, written as soon as the
-    previous one finishes (no timers). If an append fails, every waiting and later submission raises
+    previous one finishes. Records nothing waits for (``enqueue(..., urgent=False)``: outcomes, session
+    ends) do not start a write of their own: they go with the next urgent batch, or after ``lazy_delay``
+    seconds at the latest, so a lone client pays one write per statement rather than two.
+    If an append fails, every waiting and later submission raises
     :class:`AuditStoreUnavailable` until :meth:`restart` is given a chain resumed from what the store
     really holds (reopen the store first). Cancelling a waiting ``submit`` does not withdraw its record.
     """
 
-    def __init__(self, store: AuditSink, chain: Chain, *, max_batch: int = 1000) -> None:
+    def __init__(self, store: AuditSink, chain: Chain, *, max_batch: int = 1000, lazy_delay: float = 0.05) -> None:
         self._store = store
         self._chain = chain
         self._max_batch = max_batch
+        self._lazy_delay = lazy_delay
         self._pending: list[_Submission] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._failure: BaseException | None = None
 
     @property
@@ -292,11 +297,12 @@ class GroupCommitter:
         """Submit several records (one batch, in order); return them sealed once durable."""
         return await self.enqueue(records)
 
-    def enqueue(self, records: Sequence[AuditRecord]) -> asyncio.Future[list[AuditRecord]]:
+    def enqueue(self, records: Sequence[AuditRecord], *, urgent: bool = True) -> asyncio.Future[list[AuditRecord]]:
         """``submit_many`` without a coroutine: the future resolves to the sealed records once durable.
 
         For callers on the hot path that continue in a callback. Raises ``AuditStoreUnavailable`` at
-        once when the store has failed.
+        once when the store has failed. ``urgent=False``: written with the next urgent batch or after
+        ``lazy_delay`` seconds, whichever comes first.
         """
         if self._failure is not None:
             raise AuditStoreUnavailable("the audit store failed") from self._failure
@@ -309,12 +315,22 @@ class GroupCommitter:
             future.set_result([])
             return future
         self._pending.append((tuple(records), future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
+        if urgent:
+            self._start_flush()
+        elif self._flusher is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._lazy_delay, self._start_flush)
         return future
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is None and self._pending:
+            self._flusher = asyncio.create_task(self._flush_loop())
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is written (or failed)."""
+        self._start_flush()
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
 

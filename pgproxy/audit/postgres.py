@@ -17,7 +17,8 @@ reloads the heads from what the table really holds (the failed batch may or may 
 continues the chain. Appends from several committers sharing one store are serialized in call order.
 
 Reading: :meth:`~PostgresAuditStore.iter_records` and :meth:`~PostgresAuditStore.fetch` use a separate
-connection each, in one read-only repeatable-read snapshot, ordered by ``(chain_id, seq)``; they return
+connection each, in one read-only repeatable-read snapshot, ordered by ``(chain_id, seq)`` (or by time, for
+reviewing: ``pgproxy.audit.review``); they return
 records parsed from the stored text, so ``verify`` checks exactly what is stored. Readers need only
 SELECT and do not require :meth:`~PostgresAuditStore.open` (a reviewer role can use them).
 
@@ -48,7 +49,14 @@ _COLUMNS = (
     "chain_id, seq, record_id, kind, time, hash, prev_hash, session_id, subject, email, database, "
     "category, decision, rule_id, approval_id, relations, approvers, record"
 )
-_FILTERS = ("kind", "session_id", "subject", "email", "database", "category", "decision", "rule_id", "approval_id")
+_FILTERS = (
+    "kind", "record_id", "session_id", "subject", "email", "database", "category", "decision", "rule_id", "approval_id"
+)
+_ORDERS = {
+    "chain": "chain_id, seq",
+    "time": 'time, record_id COLLATE "C"',
+    "time_desc": 'time DESC, record_id COLLATE "C" DESC',
+}
 
 
 class AuditTableCorrupt(RuntimeError):
@@ -171,25 +179,37 @@ class PostgresAuditStore:
         until: datetime | None = None,
         relation: str | None = None,
         approver: str | None = None,
+        identity: str | None = None,
+        any_of: Mapping[str, Sequence[str]] | None = None,
+        intent_ids: Sequence[str] | None = None,
+        order: str = "chain",
+        start_after: tuple[datetime, str] | None = None,
         batch: int = 1000,
         **equal: str,
     ) -> AsyncGenerator[AuditRecord]:
-        """Stored records in ``(chain_id, seq)`` order from one snapshot, optionally filtered.
+        """Stored records from one snapshot, optionally filtered, in ``(chain_id, seq)`` order by default.
 
         ``since`` ≤ time < ``until``; ``relation``/``approver``: the record names it; ``equal`` matches
-        columns exactly: kind, session_id, subject, email, database, category, decision, rule_id,
-        approval_id. Only unfiltered or ``chain_id``-filtered reads are complete chains for ``verify``.
+        columns exactly: kind, record_id, session_id, subject, email, database, category, decision,
+        rule_id, approval_id; ``any_of`` maps such a column to the values it may hold; ``identity``
+        equals ``subject`` or ``email`` ignoring case; ``intent_ids``: outcome records completing one of
+        these statements. ``order="time"`` (or ``"time_desc"``) sorts by ``(time, record_id)`` instead,
+        and ``start_after`` then skips to the rows past that position. Only unfiltered or
+        ``chain_id``-filtered reads in chain order are complete chains for ``verify``.
         Use it under ``contextlib.aclosing`` when the loop may stop early.
         """
-        unknown = set(equal) - set(_FILTERS)
+        unknown = (set(equal) | set(any_of or ())) - set(_FILTERS)
         if unknown:
             raise TypeError(f"unknown audit filters: {', '.join(sorted(unknown))}")
+        if order not in _ORDERS or (start_after is not None and order == "chain"):
+            raise ValueError(f"order must be one of {', '.join(_ORDERS)}; start_after needs a time order")
         conditions: list[str] = []
         args: list[object] = []
 
-        def where(condition: str, value: object) -> None:
-            args.append(value)
-            conditions.append(condition.format(f"${len(args)}"))
+        def where(condition: str, *values: object) -> None:
+            first = len(args) + 1
+            args.extend(values)
+            conditions.append(condition.format(*(f"${first + i}" for i in range(len(values)))))
 
         if chain_id is not None:
             where("chain_id = {}", chain_id)
@@ -201,12 +221,21 @@ class PostgresAuditStore:
             where("relations @> ARRAY[{}::text]", _searchable(relation))
         if approver is not None:
             where("approvers @> ARRAY[{}::text]", _searchable(approver))
+        if identity is not None:
+            where("(lower(subject) = lower({0}) OR lower(email) = lower({0}))", _searchable(identity))
+        for column, values in sorted((any_of or {}).items()):
+            where(f"{column} = ANY({{}}::text[])", [_searchable(value) for value in values])
+        if intent_ids is not None:
+            where("kind = 'outcome' AND (record::json ->> 'intent_id') = ANY({}::text[])", list(intent_ids))
+        if start_after is not None:
+            op = "<" if order == "time_desc" else ">"
+            where(f'(time {op} {{0}} OR (time = {{0}} AND record_id COLLATE "C" {op} {{1}}))', *start_after)
         for column, value in sorted(equal.items()):
             where(f"{column} = {{}}", _searchable(value))
         query = f"SELECT chain_id, seq, record FROM {self._table}"  # noqa: S608
         if conditions:
             query += " WHERE " + " AND ".join(conditions)
-        query += " ORDER BY chain_id, seq"
+        query += f" ORDER BY {_ORDERS[order]}"
         conn = await self._connect()
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from json.encoder import encode_basestring
@@ -98,10 +98,13 @@ def utc_timestamp(when: datetime | None = None) -> str:
 
 
 def new_record_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (128 bits, as a UUID4 without its fixed bits)."""
+    return os.urandom(16).hex()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not slotted: copying a record for sealing and reading its members for encoding are then single
+# operations on its ``__dict__`` (the proxy builds and seals two records per statement).
+@dataclass(frozen=True, kw_only=True)
 class AuditRecord:
     """One audit event. Fields a kind does not use stay ``None`` or empty."""
 
@@ -159,11 +162,11 @@ class AuditRecord:
         """The record as one line of JSON (no newline): the canonical form, ``hash`` included."""
         if self._line is not None:
             return self._line
-        return _join(_encoded_members(self))
+        return _join(_fragments(self, with_hash=True))
 
     def canonical_bytes(self) -> bytes:
         """The bytes the chain hashes: the canonical form without ``hash`` (see the module docstring)."""
-        return _join([member for member in _encoded_members(self) if member[0] != "hash"]).encode("utf-8")
+        return _join(_fragments(self, with_hash=False)).encode("utf-8")
 
     def sealed_copy(self, chain_id: str, seq: int, prev_hash: str, hash_of: Callable[[bytes], str]) -> AuditRecord:
         """This record at position ``seq`` of ``chain_id``, its ``hash`` = ``hash_of(canonical bytes)``.
@@ -174,19 +177,31 @@ class AuditRecord:
         if not 0 < seq <= MAX_SAFE_INT:
             raise InvalidRecord("seq must be an integer in [1, 2**53)")
         copy = object.__new__(AuditRecord)
-        for name in _FIELD_NAMES:
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "chain_id", chain_id)
-        object.__setattr__(copy, "seq", seq)
-        object.__setattr__(copy, "prev_hash", prev_hash)
-        object.__setattr__(copy, "hash", "")
-        members = [member for member in _encoded_members(copy) if member[0] != "hash"]
-        digest = hash_of(_join(members).encode("utf-8"))
-        object.__setattr__(copy, "hash", digest)
-        members.append(("hash", _STRING(digest)))
-        members.sort()
-        object.__setattr__(copy, "_line", _join(members))
+        values = copy.__dict__
+        values.update(self.__dict__)
+        values.update(chain_id=chain_id, seq=seq, prev_hash=prev_hash)
+        fragments = _fragments(copy, with_hash=False)
+        digest = hash_of(_join(fragments).encode("utf-8"))
+        values["hash"] = digest
+        fragments.append(f'"hash":"{digest}"')
+        fragments.sort()  # every fragment starts with its quoted name, so this is the order of the names
+        values["_line"] = _join(fragments)
         return copy
+
+    @classmethod
+    def trusted(cls, **values: Any) -> AuditRecord:
+        """A record built without validation, for the proxy's hot path.
+
+        Only for values pgproxy produced itself and already knows to be valid: strings decoded strictly
+        (no lone surrogates), identity fields checked once per session by building one validated record,
+        the enums and numbers of the record's own types. Everything else goes through the constructor.
+        """
+        record = object.__new__(cls)
+        fields_ = record.__dict__
+        fields_.update(_DEFAULTS)
+        fields_["record_id"] = new_record_id()
+        fields_.update(values)
+        return record
 
     @classmethod
     def from_json(cls, text: str | bytes) -> AuditRecord:
@@ -227,6 +242,8 @@ class AuditRecord:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord) if f.init)
+_PREFIXES = tuple((name, f'"{name}":') for name in sorted(_FIELD_NAMES))
+_DEFAULTS = {f.name: f.default for f in fields(AuditRecord) if f.name != "record_id" and f.default is not MISSING}
 _SORTED_FIELD_NAMES = tuple(sorted(_FIELD_NAMES))
 _TUPLE_FIELDS = frozenset({"groups", "relations", "approvers"})
 _INT_FIELDS = ("version", "seq", "statement_index", "rows")
@@ -333,30 +350,30 @@ def _encode_number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _encoded_members(record: AuditRecord) -> list[tuple[str, str]]:
-    """``(name, JSON value)`` of every member of the canonical form, ``hash`` included, sorted by name."""
-    members = []
-    for name in _SORTED_FIELD_NAMES:
-        value = getattr(record, name)
-        if value is None or value == ():
+def _fragments(record: AuditRecord, *, with_hash: bool) -> list[str]:
+    """``"name":value`` for every member of the canonical form, in name order (``hash`` if asked)."""
+    fragments = []
+    values = record.__dict__
+    for name, prefix in _PREFIXES:
+        value = values[name]
+        if value is None or value == () or (name == "hash" and not with_hash):
             continue
         kind = type(value)
         if kind is str:
-            encoded = _STRING(value)
+            fragments.append(prefix + _STRING(value))
         elif kind is tuple:
-            encoded = "[" + ",".join(_STRING(item) for item in value) + "]"
+            fragments.append(prefix + "[" + ",".join([_STRING(item) for item in value]) + "]")
         elif kind is float:
-            encoded = _encode_number(value)
+            fragments.append(prefix + _encode_number(value))
         elif kind is int:
-            encoded = str(value)
+            fragments.append(prefix + str(value))
         else:  # StrEnum
-            encoded = _STRING(str(value))
-        members.append((name, encoded))
-    return members
+            fragments.append(prefix + _STRING(str(value)))
+    return fragments
 
 
-def _join(members: list[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'"{name}":{encoded}' for name, encoded in members) + "}"
+def _join(fragments: list[str]) -> str:
+    return "{" + ",".join(fragments) + "}"
 
 
 # The C string encoder json.dumps(ensure_ascii=False) uses: escapes exactly what RFC 8785 escapes.

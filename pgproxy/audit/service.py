@@ -146,7 +146,8 @@ class AuditService:
             done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        futures = [self._submit(target, records, backlog_on_failure=self.fail_open) for target in self.targets]
+        futures = [self._submit(target, records, backlog_on_failure=self.fail_open, urgent=True)
+                   for target in self.targets]
         if len(futures) == 1:
             return futures[0]
         return cast("asyncio.Future[object]", asyncio.gather(*futures))
@@ -157,16 +158,16 @@ class AuditService:
             return
         for target in self.targets:
             if target.healthy:
-                self._submit(target, records, backlog_on_failure=True)
+                self._submit(target, records, backlog_on_failure=True, urgent=False)
             else:
                 target.keep(records, self._max_backlog)
                 self._schedule_recovery()
 
     def _submit(
-        self, target: AuditTarget, records: Sequence[AuditRecord], *, backlog_on_failure: bool
+        self, target: AuditTarget, records: Sequence[AuditRecord], *, backlog_on_failure: bool, urgent: bool
     ) -> asyncio.Future[object]:
         assert target.committer is not None
-        future: asyncio.Future[object] = target.committer.enqueue(records)  # type: ignore[assignment]
+        future: asyncio.Future[object] = target.committer.enqueue(records, urgent=urgent)  # type: ignore[assignment]
         forward = self._forward if target is self.targets[0] else None
 
         def written(done: asyncio.Future[object]) -> None:
@@ -213,7 +214,7 @@ class AuditService:
                 log.warning("audit store %s is back; writing %d held records", target.name, len(target.backlog))
                 backlog, target.backlog = target.backlog, []
                 for start in range(0, len(backlog), 1000):
-                    self._submit(target, backlog[start : start + 1000], backlog_on_failure=True)
+                    self._submit(target, backlog[start : start + 1000], backlog_on_failure=True, urgent=True)
             if self.healthy:
                 return
             await asyncio.sleep(delay)

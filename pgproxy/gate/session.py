@@ -18,19 +18,18 @@ import logging
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
 
 from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
 from pgproxy.gate.barrier import SettingsBarrier, barrier_decision, check_string_syntax
 from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
 from pgproxy.gate.fastpath import fast_path_statement
+from pgproxy.gate.judge import Judge, PolicySource
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
 from pgproxy.gate.splice import Splice
 from pgproxy.gate.trail import AuditTrail, error_fields, trail_source, trail_sources
-from pgproxy.policy.engine import Decision, Effect, decide, decide_all
-from pgproxy.policy.model import PolicySet
+from pgproxy.policy.engine import Decision, Effect
 from pgproxy.sql.classify import Classifier, resolve_prepared
 from pgproxy.sql.statement import Category, Statement
 from pgproxy.wire.framing import Frame
@@ -45,19 +44,8 @@ _NAME_BYTES = 63  # the server keys prepared statements and portals by their fir
 # Server messages the gate follows: completions, errors, ReadyForQuery, ParameterStatus, CopyInResponse.
 _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
-_DECISION_CACHE_LIMIT = 4096
 _AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
 _ENDINGS = {0x49: "empty query", 0x73: "portal suspended: more rows remain", 0x56: "function call returned"}
-
-
-class PolicySource(Protocol):
-    """The current policy set; ``version`` changes whenever it is replaced."""
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def current(self) -> PolicySet: ...
 
 
 class GateFatal(Exception):
@@ -88,16 +76,13 @@ class SessionGate:
     ) -> None:
         """Raises :class:`UnsupportedEncoding` or :class:`GateFatal` when the session cannot be judged."""
         _check_string_syntax(standard_conforming_strings)
+        self.judge = Judge(policies, identity, database, read_only=read_only)
         self.identity = identity
         self.database = database
-        self.read_only = read_only
         self.prepared = PreparedStatements()
         self._classifier = classifier
-        self._policies = policies
         self._server_encoding = server_encoding
         self._codec = python_codec(client_encoding, server_encoding)
-        self._decisions: dict[int, tuple[Statement, Decision]] = {}
-        self._decisions_version = policies.version
         self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
         self._barrier = SettingsBarrier()
         self._limits = limits if limits is not None and limits.active else None
@@ -105,7 +90,6 @@ class SessionGate:
         self.trail = trail
         if trail is not None:
             self._followed = self._followed | _AUDITED
-        self.outage: Decision | None = None  # set while every request must be refused (audit store down)
 
     # -- client → server -----------------------------------------------------------------------
     def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
@@ -156,7 +140,7 @@ class SessionGate:
             if judged is None:
                 return _WAIT
             statements, key = judged
-            decision = self._judge_all(statements)
+            decision = self.judge.verdict(statements)
             if self.trail is not None:
                 self._audit_query(text, key, statements, decision)
             if decision is not None:
@@ -175,7 +159,7 @@ class SessionGate:
             if judged is None:
                 return _WAIT
             statements, key = judged
-            decision = self._judge_all(statements)
+            decision = self.judge.verdict(statements)
             meaning = meaning_of(statements)
             if self.trail is not None:
                 source = trail_source(text, key, len(statements), self.trail.redact_literals)
@@ -198,10 +182,10 @@ class SessionGate:
             if found.must_wait:
                 return _WAIT
             statement = found.statement or unknown_name(name)
-            decision = self._judge_all((statement,))
+            decision = self.judge.verdict((statement,))
             if self.trail is not None:
                 self.trail.bind(
-                    portal, statement, decision or self._decide(statement), statement.source,
+                    portal, statement, decision or self.judge.decide(statement), statement.source,
                     discarded=prepared.skipping,
                 )
             if decision is not None:
@@ -230,9 +214,9 @@ class SessionGate:
                     self.trail.close_portal(name)
         elif kind == _F:
             call = fast_path_statement(_unpack_oid(data, start)[0])
-            decision = self._judge_all((call,))
+            decision = self.judge.verdict((call,))
             if self.trail is not None:
-                self.trail.function_call(call, decision or self._decide(call), discarded=prepared.skipping)
+                self.trail.function_call(call, decision or self.judge.decide(call), discarded=prepared.skipping)
             prepared.sent_function_call()
             if decision is not None:
                 return self._stand_in(decision, denial.query_stand_in)
@@ -279,52 +263,13 @@ class SessionGate:
         resolved = tuple(resolve_prepared(statement, lookup) for statement in statements)
         return None if waits else (resolved, key)
 
-    def _judge_all(self, statements: Sequence[Statement]) -> Decision | None:
-        """The decision when the request may not run as is, else None (allowed)."""
-        if not statements:
-            return None  # an empty query runs nothing
-        if self.outage is not None:
-            return self.outage
-        if len(statements) == 1:
-            decision = self._decide(statements[0])
-        else:
-            # Several statements: the engine combines them (strictest wins, mixed approvals are refused).
-            decision = decide_all(
-                self._policies.current, self.identity, self.database, statements, read_only=self.read_only
-            )
-        if decision.effect is Effect.ALLOW:
-            if decision.notify:
-                log.warning(
-                    "break-glass: %s ran %s on %s under rule %s",
-                    self.identity.display,
-                    decision.statement.command,
-                    self.database,
-                    decision.rule_id,
-                )
-            return None
-        return decision
-
     def _audit_query(
         self, text: str | Statement, key: str | None, statements: Sequence[Statement], refused: Decision | None
     ) -> None:
         assert self.trail is not None
-        decisions = [refused or self._decide(statement) for statement in statements]
+        decisions = [refused or self.judge.decide(statement) for statement in statements]
         sources = trail_sources(text, key, len(statements), self.trail.redact_literals)
         self.trail.query(statements, decisions, sources, discarded=self.prepared.skipping)
-
-    def _decide(self, statement: Statement) -> Decision:
-        if self._decisions_version != self._policies.version:
-            self._decisions.clear()
-            self._decisions_version = self._policies.version
-        cached = self._decisions.get(id(statement))
-        if cached is not None and cached[0] is statement:
-            decision = cached[1]
-        else:
-            decision = decide(self._policies.current, self.identity, self.database, statement, read_only=self.read_only)
-            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
-                self._decisions.clear()
-            self._decisions[id(statement)] = (statement, decision)  # holding the statement keeps its id unique
-        return decision
 
     def _stand_in(self, decision: Decision, build: Callable[[str], bytes]) -> bytes:
         marker = denial.new_marker()

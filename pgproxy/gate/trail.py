@@ -125,6 +125,8 @@ class AuditTrail:
             "upstream_role": facts.upstream_role,
             "application_name": facts.application_name,
         }
+        # Validated once (raises InvalidRecord), so that each statement's records can skip it.
+        AuditRecord(kind=RecordKind.SESSION_START, time=utc_timestamp(), **self._common)
         self._clock = clock
         self._intents: list[AuditRecord] = []
         self._outcomes: list[AuditRecord] = []
@@ -221,7 +223,7 @@ class AuditTrail:
         self, statement: Statement, decision: PolicyDecision, source: StatementSource | None, index: int,
         *, discarded: bool,
     ) -> str:
-        record = AuditRecord(
+        record = AuditRecord.trusted(
             kind=RecordKind.STATEMENT,
             time=utc_timestamp(),
             statement_index=index,
@@ -298,12 +300,12 @@ class AuditTrail:
 
     def _outcome(self, intent_id: str, duration_ms: float, **outcome: Any) -> None:
         self._outcomes.append(
-            AuditRecord(
+            AuditRecord.trusted(
                 kind=RecordKind.OUTCOME,
                 time=utc_timestamp(),
                 session_id=self._session_id,
                 intent_id=intent_id,
-                duration_ms=max(0.0, duration_ms),
+                duration_ms=round(max(0.0, duration_ms), 3),
                 **outcome,
             )
         )

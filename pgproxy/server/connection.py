@@ -23,8 +23,9 @@ from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
 from pgproxy.gate.encoding import UnsupportedEncoding
+from pgproxy.gate.judge import PolicySource
 from pgproxy.gate.limits import RowLimits
-from pgproxy.gate.session import GateFatal, PolicySource, SessionGate
+from pgproxy.gate.session import GateFatal, SessionGate
 from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
 from pgproxy.server.endpoint import ConnectionClosed, Endpoint

@@ -13,11 +13,20 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from pgproxy.server.connection import ClientConnection, ProxyContext
 from pgproxy.server.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Something served beside the proxy (the review page): started after it, stopped after its sessions."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class ProxyServer:
@@ -42,6 +51,7 @@ class ProxyServer:
         self._chores: list[tuple[float, Callable[[], object]]] = []
         self._reloads: list[Callable[[], object]] = []
         self._timers: list[asyncio.TimerHandle] = []
+        self.services: list[Service] = []
 
     def every(self, seconds: float, chore: Callable[[], object]) -> None:
         """Run ``chore`` every ``seconds`` while serving (registered before ``start``)."""
@@ -90,6 +100,8 @@ class ProxyServer:
                  self.context.upstream.describe())
         for seconds, chore in self._chores:
             self._schedule(seconds, chore)
+        for service in self.services:
+            await service.start()
 
     def _accept(self) -> Endpoint:
         # Over the limit the client still gets TLS and sends its startup packet, so that it can read
@@ -129,6 +141,8 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)  # let transports flush their final error messages
+        for service in self.services:
+            await service.stop()
         if self.context.audit is not None:
             await self.context.audit.close()  # after the sessions: their last records are written
 

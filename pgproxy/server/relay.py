@@ -122,7 +122,7 @@ class Relay:
         audit = self.audit
         if gate is not None:
             if audit is not None:
-                gate.outage = None if audit.accepting else _OUTAGE
+                gate.judge.outage = None if audit.accepting else _OUTAGE
             try:
                 out, stop = gate.from_client(chunk, frames, first)
             except GateFatal as exc:

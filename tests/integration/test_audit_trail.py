@@ -9,11 +9,13 @@ saw — and that the whole log is one intact hash chain.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
 
 import asyncpg
+import httpx
 import psycopg
 import pytest
 
@@ -209,3 +211,27 @@ def test_literals_are_redacted_when_configured(proxy_factory: ProxyFactory, call
     assert texts[0] == "SELECT $1 AS note, $2 WHERE $3 <> $4"
     secrets = ("card 4111-1111", "top secret", "api-key-123")
     assert not [r.to_json() for r in records if any(secret in r.to_json() for secret in secrets)]
+
+
+def test_the_review_api_of_a_running_pgproxy_shows_each_statement_with_its_outcome(
+    proxy_factory: ProxyFactory, caller: str
+) -> None:
+    reviewed = proxy_factory(web_listen="127.0.0.1:0", audit_reviewers="auditors")
+    marker = f"marker_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(reviewed.conninfo(reviewed.idp.mint(caller)), autocommit=True) as conn:
+        conn.execute(f"SELECT 42 AS {marker}")
+    reviewed.audit_records()  # written (outcomes go with the next batch, or within 50 ms)
+    web = reviewed.server.services[0]
+    base = f"https://127.0.0.1:{web.port}"  # type: ignore[attr-defined]
+    auditor = reviewed.idp.mint("auditor-1", email="auditor@example.com", groups=["auditors"])
+    trust = ssl.create_default_context(cafile=str(reviewed.settings.tls_cert))  # pgproxy's own certificate
+    with httpx.Client(base_url=base, verify=trust, timeout=30) as client:
+        found = client.get("/api/audit/records", params={"text": marker},
+                           headers={"Authorization": f"Bearer {auditor}"})
+        assert found.status_code == 200, found.text
+        [entry] = found.json()["entries"]
+        assert entry["record"]["subject"] == caller and entry["record"]["text"] == f"SELECT 42 AS {marker}"
+        assert [outcome["command_tag"] for outcome in entry["outcomes"]] == ["SELECT 1"]
+        outsider = reviewed.idp.mint(caller, groups=["analysts"])
+        assert client.get("/api/audit/records", headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
+        assert client.get("/api/audit/records").status_code == 401

@@ -188,16 +188,18 @@ async def test_appending_to_a_store_that_is_not_open_fails(tmp_path: Path) -> No
     await store.close()
 
 
-async def test_a_failed_fsync_fails_the_store_until_reopened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_sync_to_disk_fails_the_store_until_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "audit.jsonl"
     store = await opened(path)
     chain = Chain("pgproxy-a")
     await store.append(chain.seal_all([statement()]))
 
-    def broken_fsync(fd: int) -> None:
+    def broken_sync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fdatasync", broken_sync)
     with pytest.raises(OSError, match="Input/output"):
         await store.append(chain.seal_all([statement()]))
     monkeypatch.undo()
