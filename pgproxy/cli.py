@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="work with the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_commands.add_parser("verify", help="check the hash chains of JSONL audit files")
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify = audit_commands.add_parser("verify", help="check the hash chains of JSONL files or the audit database")
+    verify.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    verify.add_argument("--dsn", help="verify the audit database instead (default $PGPROXY_AUDIT_DSN if no FILE)")
+    verify.add_argument("--schema", default=None, help="schema of the audit tables (default pgproxy)")
     verify.add_argument("--anchor", action="append", default=[], metavar="CHAIN:SEQ:HASH",
                         help="a chain head recorded earlier (proves nothing was cut from the end); repeatable")
     search = audit_commands.add_parser("search", help="list audit records matching filters, newest first")
@@ -202,7 +204,15 @@ def _audit(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"pgproxy: {exc}", file=sys.stderr)
             return 2
-        report = tooling.verify_files(args.files, anchors)
+        dsn = args.dsn or (os.environ.get(tooling.ENV_DSN) if not args.files else None)
+        if bool(dsn) == bool(args.files):
+            print("pgproxy: give JSONL files or --dsn (not both)", file=sys.stderr)
+            return 2
+        if dsn:
+            schema = args.schema or os.environ.get(tooling.ENV_SCHEMA) or "pgproxy"
+            report = asyncio.run(tooling.verify_database(dsn, schema, anchors))
+        else:
+            report = tooling.verify_files(args.files, anchors)
         print(report.text)
         return report.exit_code
     try:

@@ -81,6 +81,8 @@ def demo_settings(
             "shutdown_grace_seconds": 5,
             "policies": policies,
             "audit_jsonl": state_dir / "audit.jsonl",
+            "web_listen": f"127.0.0.1:{port + 1}",
+            "audit_reviewers": ["auditors"],
         }
     )
 
@@ -109,7 +111,11 @@ def run_demo(state_dir: Path, port: int, policies: Path) -> None:
                   f"need approval; the policies are in {policies}.")
             print(f"Mint other identities with: pgproxy token --sub NAME --email NAME@example.com "
                   f"--group GROUP --state-dir {shlex.quote(str(state_dir))}  (groups: ai-agents, dba, "
-                  f"ci-deployers)")
+                  f"ci-deployers, auditors)")
+            print(f"\nEvery statement is in the audit log {settings.audit_jsonl}:")
+            print(f"  pgproxy audit search --jsonl {shlex.quote(str(settings.audit_jsonl))}")
+            print(f"and on the review page https://127.0.0.1:{port + 1}/audit (self-signed certificate; sign in "
+                  f"with a token of the auditors group).")
             print("Press Ctrl-C to stop (the demo database is discarded).", flush=True)
 
         run_loop(serve(settings, ready=announce()))

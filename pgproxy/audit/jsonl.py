@@ -105,10 +105,8 @@ class JsonlAuditStore:
             raise AuditStoreUnavailable(f"{self.path} failed and must be reopened") from self._failure
         if not records:
             return
-        self._check_continuity(records)
-        data = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
-        for record in records:
-            self._heads[record.chain_id] = ChainHead.of(record)
+        self._heads.update(self._check_continuity(records))
+        data = "".join([record.to_json() + "\n" for record in records]).encode("utf-8")
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync, data)
         except BaseException as exc:
@@ -137,17 +135,26 @@ class JsonlAuditStore:
         """Read the file back (blocking: run it in a thread from async code). See :func:`read_records`."""
         return read_records(self.path)
 
-    def _check_continuity(self, records: Sequence[AuditRecord]) -> None:
-        heads: dict[str, ChainHead] = {}
+    def _check_continuity(self, records: Sequence[AuditRecord]) -> dict[str, ChainHead]:
+        """The chain heads after ``records``; raises unless each record continues its chain."""
+        last: dict[str, AuditRecord] = {}
         for record in records:
             if not record.sealed:
                 raise InvalidRecord(f"record {record.record_id} is not sealed")
-            head = heads.get(record.chain_id) or self._heads.get(record.chain_id)
-            if head is not None and (record.seq != head.seq + 1 or record.prev_hash != head.hash):
-                raise InvalidRecord(
-                    f"record seq {record.seq} of chain {record.chain_id} does not continue seq {head.seq}"
-                )
-            heads[record.chain_id] = ChainHead.of(record)
+            chain_id = record.chain_id
+            before = last.get(chain_id)
+            if before is not None:
+                seq, previous_hash = before.seq, before.hash
+            else:
+                head = self._heads.get(chain_id)
+                if head is None:
+                    last[chain_id] = record
+                    continue
+                seq, previous_hash = head.seq, head.hash
+            if record.seq != seq + 1 or record.prev_hash != previous_hash:
+                raise InvalidRecord(f"record seq {record.seq} of chain {chain_id} does not continue seq {seq}")
+            last[chain_id] = record
+        return {chain_id: ChainHead.of(record) for chain_id, record in last.items()}
 
     def _open_sync(self) -> None:
         try:

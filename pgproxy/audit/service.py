@@ -233,3 +233,6 @@ class AuditService:
             if target.backlog:
                 log.error("%d audit records could not be written to %s", len(target.backlog), target.name)
             await target.store.close()
+        close_forwarder = getattr(self._forward, "close", None)
+        if callable(close_forwarder):
+            close_forwarder()

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import asyncpg
+
 from pgproxy.audit import display
 from pgproxy.audit.chain import ChainHead
 from pgproxy.audit.export import ExportFormat, encode
 from pgproxy.audit.jsonl import AuditLogCorrupt, read_records
+from pgproxy.audit.postgres import AuditTableCorrupt, PostgresAuditStore
 from pgproxy.audit.query import Detail, RecordFilter
 from pgproxy.audit.record import AuditRecord, InvalidRecord, RecordKind
 from pgproxy.audit.review import AuditReader, AuditSourceError, JsonlAuditReader, PostgresAuditReader
@@ -59,6 +62,25 @@ def verify_files(paths: Sequence[Path], anchors: Sequence[ChainHead] = ()) -> Re
         except (AuditLogCorrupt, InvalidRecord) as exc:
             lines.append(f"{path}: unreadable record: {exc}")
             unreadable = True
+    return _verified(records, anchors, lines, unreadable=unreadable)
+
+
+async def verify_database(dsn: str, schema: str, anchors: Sequence[ChainHead] = ()) -> Report:
+    """Verify every chain in a PostgreSQL audit store (read in chain order, as stored, with SELECT only)."""
+    store = PostgresAuditStore(dsn, schema=schema)
+    lines: list[str] = []
+    try:
+        records = await store.fetch()
+    except AuditTableCorrupt as exc:
+        return Report(f"{schema}.audit_log: unreadable record: {exc}", 1)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return Report(f"cannot read the audit database: {exc}", 2)
+    return _verified(records, anchors, lines, unreadable=False)
+
+
+def _verified(
+    records: list[AuditRecord], anchors: Sequence[ChainHead], lines: list[str], *, unreadable: bool
+) -> Report:
     report = verify(records, {anchor.chain_id: anchor for anchor in anchors})
     lines.extend(report.summary().splitlines())
     for chain in report.chains:

@@ -61,6 +61,7 @@ class Relay:
         # Intents being made durable, and the judged bytes that wait for them (audit before forwarding).
         self._audit_wait: asyncio.Future[object] | None = None
         self._waiting_bytes = b""
+        self._client_paused = False  # paused because messages are held (not for backpressure)
         self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
@@ -110,7 +111,9 @@ class Relay:
         if not complete:
             return
         if self._held or self._audit_wait is not None:
+            # A client sending more while earlier requests wait: stop reading it (bounded memory).
             self._held.append((complete, frames, 0))
+            self._pause_client()
             return
         self._forward_client(complete, frames, 0)
 
@@ -135,9 +138,11 @@ class Relay:
             if kind == _TERMINATE:
                 self.client_terminated = True
         if audit is not None and self._wait_for_intents(audit, out):
+            # Not paused for the wait itself: a client that waits for its answer sends nothing meanwhile,
+            # and one that does is paused then (pausing and resuming costs two system calls).
             if stop < len(frames):
                 self._held.insert(0, (chunk, frames, stop))
-            self._pause_client()
+                self._pause_client()
             return False
         if out:
             self.upstream.write(out)
@@ -190,6 +195,9 @@ class Relay:
         self._release_held()
 
     def _pause_client(self) -> None:
+        if self._client_paused:
+            return
+        self._client_paused = True
         if self.client.transport is not None and not self.client.transport.is_closing():
             self.client.transport.pause_reading()
 
@@ -201,8 +209,10 @@ class Relay:
             chunk, frames, first = self._held.pop(0)
             if not self._forward_client(chunk, frames, first) or self._finished:
                 return
-        if self.client.transport is not None and not self.client.transport.is_closing():
-            self.client.transport.resume_reading()
+        if self._client_paused:
+            self._client_paused = False
+            if self.client.transport is not None and not self.client.transport.is_closing():
+                self.client.transport.resume_reading()
 
     # -- upstream → client ---------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
@@ -306,7 +316,7 @@ class Relay:
 
     def _resume(self, other: Endpoint) -> Callable[[], None]:
         def resume() -> None:
-            if other is self.client and (self._held or self._audit_wait is not None):
+            if other is self.client and self._client_paused:
                 return  # the client stays paused until its held messages can go
             if other.transport is not None and not other.transport.is_closing():
                 other.transport.resume_reading()

@@ -3,6 +3,7 @@ from the environment), exit codes, usage errors, private export files, and escap
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -158,3 +159,26 @@ def test_exports_go_to_a_private_file_or_stdout_and_a_whole_export_verifies(
     rows = from_file.stdout.splitlines()
     assert rows[0].startswith("time,kind,record_id,") and len(rows) == 3
     assert ",outcome,ada-delete-done," in rows[2]
+
+
+async def test_verify_reads_the_audit_database_and_reports_an_edited_or_deleted_row(
+    pg_env: dict[str, str], cli_db: RealPostgres
+) -> None:
+    clean = await asyncio.to_thread(pgproxy, "verify", env=pg_env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "anchor for later checks: pgproxy-a:" in clean.stdout
+    table = f"{pg_env['PGPROXY_AUDIT_SCHEMA']}.audit_log"
+    admin = await asyncpg.connect(cli_db.dsn(database=DATABASE))
+    try:
+        # An edit in the record text a reviewer reads (the hash no longer matches) ...
+        await admin.execute(
+            f"UPDATE {table} SET record = replace(record, 'invoices', 'payments') WHERE record_id = 'bob-alter'"
+        )
+        edited = await asyncio.to_thread(pgproxy, "verify", env=pg_env)
+        assert edited.returncode == 1 and "altered" in edited.stdout, edited.stdout
+        # ... and a deleted row (a gap in the chain).
+        await admin.execute(f"DELETE FROM {table} WHERE seq = 2")
+        deleted = await asyncio.to_thread(pgproxy, "verify", env=pg_env)
+        assert deleted.returncode == 1 and "record 2 missing" in deleted.stdout, deleted.stdout
+    finally:
+        await admin.close()

@@ -9,6 +9,7 @@ saw — and that the whole log is one intact hash chain.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 import uuid
@@ -235,3 +236,25 @@ def test_the_review_api_of_a_running_pgproxy_shows_each_statement_with_its_outco
         outsider = reviewed.idp.mint(caller, groups=["analysts"])
         assert client.get("/api/audit/records", headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
         assert client.get("/api/audit/records").status_code == 401
+
+
+def test_durable_records_are_forwarded_to_syslog_as_the_same_json(proxy_factory: ProxyFactory, caller: str) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    try:
+        port = receiver.getsockname()[1]
+        forwarding = proxy_factory(audit_forward="syslog", audit_syslog_address=f"127.0.0.1:{port}")
+        with psycopg.connect(forwarding.conninfo(forwarding.idp.mint(caller)), autocommit=True) as conn:
+            conn.execute("SELECT 'forwarded'")
+        stored = [record.to_json() for record in session_records(forwarding, caller)]
+        received: list[str] = []
+        while len(received) < len(stored) + 1:  # the session's records (other sessions' may interleave)
+            message = receiver.recv(65536).decode()
+            assert message.startswith("<134>pgproxy-audit: ")  # facility local0, severity info
+            received.append(message.removeprefix("<134>pgproxy-audit: ").rstrip("\x00"))
+            if all(line in received for line in stored):
+                break
+        assert all(line in received for line in stored)
+    finally:
+        receiver.close()

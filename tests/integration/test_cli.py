@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -181,6 +182,15 @@ def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
         )
         assert refused.returncode != 0
         assert "approval required" in refused.stderr and "agents-ddl-and-exports" in refused.stderr
+        # Both sessions are in the demo's audit log, with the decision and rule of each statement.
+        logged = subprocess.run([*PGPROXY, "audit", "search", "--jsonl", str(tmp_path / "audit.jsonl"),
+                                 "--identity", "agent-x@example.com", "--kind", "statement", "--json"],
+                                env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+        assert logged.returncode == 0, logged.stderr
+        entries = [json.loads(line)["record"] for line in logged.stdout.splitlines()]
+        decided = {(entry["command"], entry["decision"], entry["rule_id"]) for entry in entries}
+        assert ("DROP TABLE", "require_approval", "agents-ddl-and-exports") in decided
+        assert any(command == "SELECT" and decision == "allow" for command, decision, _ in decided)
     finally:
         process.send_signal(signal.SIGINT)
         try:
