@@ -223,7 +223,8 @@ class AuditTrail:
         self, statement: Statement, decision: PolicyDecision, source: StatementSource | None, index: int,
         *, discarded: bool,
     ) -> str:
-        record = AuditRecord.trusted(
+        values = self._common.copy()
+        values.update(
             kind=RecordKind.STATEMENT,
             time=utc_timestamp(),
             statement_index=index,
@@ -231,12 +232,12 @@ class AuditTrail:
             fingerprint=source.fingerprint if source is not None else None,
             category=statement.category.value,
             command=statement.command,
-            relations=tuple(sorted(str(relation) for relation in statement.relations)),
-            decision=Decision(decision.effect.value),
+            relations=_relations(statement),
+            decision=_DECISIONS[decision.effect.value],
             rule_id=decision.rule_id,
             reason=None if decision.effect.value == Decision.ALLOW else decision.reason,
-            **self._common,
         )
+        record = AuditRecord.trusted(**values)
         self._intents.append(record)
         if discarded:
             self._outcome(record.record_id, 0.0, reason="not run: the server was discarding messages until Sync")
@@ -309,6 +310,22 @@ class AuditTrail:
                 **outcome,
             )
         )
+
+
+_DECISIONS = {decision.value: decision for decision in Decision}
+_RELATIONS: dict[int, tuple[Statement, tuple[str, ...]]] = {}  # id → (statement kept alive, its relations)
+
+
+def _relations(statement: Statement) -> tuple[str, ...]:
+    """The statement's relations as the record lists them, sorted; remembered per (shared, cached) statement."""
+    found = _RELATIONS.get(id(statement))
+    if found is not None and found[0] is statement:
+        return found[1]
+    relations = tuple(sorted(str(relation) for relation in statement.relations))
+    if len(_RELATIONS) >= 4096:
+        _RELATIONS.clear()
+    _RELATIONS[id(statement)] = (statement, relations)
+    return relations
 
 
 def _rows(tag: str) -> int | None:

@@ -286,9 +286,7 @@ class ClientConnection:
             await self.records.started(startup, identity, profile.upstream_role)
         except AuditStoreUnavailable as exc:
             upstream.endpoint.close()
-            raise Refusal(
-                "58000", "pgproxy cannot write its audit log, so it admits no session now", hint="retry shortly"
-            ) from exc
+            raise Refusal("58000", "pgproxy cannot write its audit log, so it admits no session now") from exc
         key = upstream.login.backend_key
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:

@@ -74,10 +74,10 @@ class RunningProxy:
         query = f"?sslmode={sslmode}" if sslmode else ""
         return f"{scheme}://{quote(user)}:{quote(token, safe='')}@127.0.0.1:{self.port}/{database}{query}"
 
-    def audit_records(self) -> list[AuditRecord]:
-        """Every record of this proxy's JSONL audit log, once everything submitted so far is written."""
+    def drain_audit(self) -> None:
+        """Wait until every audit record submitted so far is written (outcomes included)."""
         audit = self.server.context.audit
-        assert audit is not None and self.settings.audit_jsonl is not None, "this proxy has no JSONL audit log"
+        assert audit is not None, "this proxy has no audit log"
 
         async def drain() -> None:
             for target in audit.targets:
@@ -85,6 +85,11 @@ class RunningProxy:
                     await target.committer.drain()
 
         self.call(drain())
+
+    def audit_records(self) -> list[AuditRecord]:
+        """Every record of this proxy's JSONL audit log, once everything submitted so far is written."""
+        assert self.settings.audit_jsonl is not None, "this proxy has no JSONL audit log"
+        self.drain_audit()
         return list(read_records(self.settings.audit_jsonl))
 
     def stop(self, grace: float = 5.0) -> None:
