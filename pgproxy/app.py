@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from pgproxy.approvals.service import ApprovalService
 from pgproxy.audit.forward import build_forwarder
 from pgproxy.audit.jsonl import JsonlAuditStore
 from pgproxy.audit.postgres import PostgresAuditStore
@@ -61,7 +62,9 @@ def build_audit(settings: Settings) -> AuditService | None:
     return AuditService(targets, fail_open=settings.audit_fail_open, forward=forward)
 
 
-def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> ProxyServer:
+def build_server(
+    settings: Settings, verifier: TokenVerifier | None = None, approvals: ApprovalService | None = None
+) -> ProxyServer:
     """The proxy, ready to start. Raises ``PolicyLoadError`` when the policy directory is not valid."""
     policies = PolicyStore(settings.policies)
     tls = None
@@ -78,6 +81,7 @@ def build_server(settings: Settings, verifier: TokenVerifier | None = None) -> P
         session_outlives_token=settings.session_outlives_token,
         audit=build_audit(settings),
         redact_literals=settings.audit_redact_literals,
+        approvals=approvals,
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="embedded PostgreSQL + sample data + pgproxy on 127.0.0.1:6432")
     demo.add_argument("--port", type=int, default=6432)
+    demo.add_argument("--web-port", type=int, default=None, help="the audit review page's port (default: --port + 1)")
     demo.add_argument("--state-dir", type=Path, default=None, help="where the demo key and cert live")
     demo.add_argument("--policies", type=Path, default=Path("policies"), metavar="DIR",
                       help="policy directory (default: ./policies, the examples shipped with pgproxy)")
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                   "or pass --policies DIR)", file=sys.stderr)
             return 2
         configure_logging("WARNING")
-        run_demo(state_dir, args.port, args.policies)
+        run_demo(state_dir, args.port, args.policies, web_port=args.web_port or args.port + 1)
         return 0
     from pgproxy.auth.demo_issuer import DemoIssuer  # noqa: PLC0415
 

@@ -65,7 +65,7 @@ async def prepare_database(pg: EmbeddedPostgres) -> None:
 
 
 def demo_settings(
-    pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, port: int, policies: Path
+    pg: EmbeddedPostgres, issuer: DemoIssuer, state_dir: Path, port: int, policies: Path, *, web_port: int
 ) -> Settings:
     cert, key = write_self_signed(state_dir / "tls")
     return load_settings(
@@ -81,7 +81,7 @@ def demo_settings(
             "shutdown_grace_seconds": 5,
             "policies": policies,
             "audit_jsonl": state_dir / "audit.jsonl",
-            "web_listen": f"127.0.0.1:{port + 1}",
+            "web_listen": f"127.0.0.1:{web_port}",
             "audit_reviewers": ["auditors"],
         }
     )
@@ -92,7 +92,7 @@ def psql_command(token: str, port: int, user: str) -> str:
     return f"PGPASSWORD={shlex.quote(token)} psql {shlex.quote(conninfo)}"
 
 
-def run_demo(state_dir: Path, port: int, policies: Path) -> None:
+def run_demo(state_dir: Path, port: int, policies: Path, *, web_port: int) -> None:
     """Start everything, print how to connect, serve until Ctrl-C, then clean up the database."""
     from pgproxy.app import run_loop  # noqa: PLC0415 -- keep import-time light for `pgproxy --help`
 
@@ -101,7 +101,7 @@ def run_demo(state_dir: Path, port: int, policies: Path) -> None:
     pg.start()
     try:
         run_loop(prepare_database(pg))
-        settings = demo_settings(pg, issuer, state_dir, port, policies)
+        settings = demo_settings(pg, issuer, state_dir, port, policies, web_port=web_port)
         token = issuer.mint("agent-x", email="agent-x@example.com", name="Agent X", groups=["ai-agents"])
 
         async def announce() -> None:
@@ -114,7 +114,7 @@ def run_demo(state_dir: Path, port: int, policies: Path) -> None:
                   f"ci-deployers, auditors)")
             print(f"\nEvery statement is in the audit log {settings.audit_jsonl}:")
             print(f"  pgproxy audit search --jsonl {shlex.quote(str(settings.audit_jsonl))}")
-            print(f"and on the review page https://127.0.0.1:{port + 1}/audit (self-signed certificate; sign in "
+            print(f"and on the review page https://127.0.0.1:{web_port}/audit (self-signed certificate; sign in "
                   f"with a token of the auditors group).")
             print("Press Ctrl-C to stop (the demo database is discarded).", flush=True)
 

@@ -15,6 +15,7 @@ caller forwards the bytes. The client's own SQL is never rewritten.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from pgproxy.policy.engine import Decision, Effect
 from pgproxy.sql.statement import Category, Statement
@@ -90,3 +91,30 @@ def decision_error(decision: Decision, codec: str) -> bytes:
     if statement.refusal:
         detail += f"; {statement.refusal}"
     return error_response(DENIED_SQLSTATE, message, detail=detail, hint=hint, codec=codec)
+
+
+class StandIns:
+    """The stand-ins of one session still unanswered: marker → the ErrorResponse to send instead."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self) -> None:
+        self.errors: dict[bytes, bytes] = {}
+
+    def add(self, error: bytes, build: Callable[[str], bytes]) -> bytes:
+        """The stand-in message ``build`` makes for a new marker; its server error becomes ``error``."""
+        marker = new_marker()
+        self.errors[marker.encode("ascii")] = error
+        return build(marker)
+
+    def replacement(self, error_payload: bytes) -> bytes | None:
+        """pgproxy's ErrorResponse for a server error that names a pending marker (then forgotten)."""
+        if not self.errors:
+            return None
+        for marker in self.errors:
+            if marker in error_payload:
+                return self.errors.pop(marker)
+        return None
+
+    def clear(self) -> None:
+        self.errors.clear()

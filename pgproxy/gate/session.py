@@ -21,17 +21,18 @@ from dataclasses import replace
 
 from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
-from pgproxy.gate.barrier import SettingsBarrier, barrier_decision, check_string_syntax
-from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
+from pgproxy.gate.barrier import SettingsBarrier, barrier_decision
 from pgproxy.gate.fastpath import fast_path_statement
+from pgproxy.gate.holds import Hold, Holds, Verdict
 from pgproxy.gate.judge import Judge, PolicySource
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
+from pgproxy.gate.reading import GateFatal, TextReading
 from pgproxy.gate.splice import Splice
 from pgproxy.gate.trail import AuditTrail, error_fields, trail_source, trail_sources
 from pgproxy.policy.engine import Decision, Effect
 from pgproxy.sql.classify import Classifier, resolve_prepared
-from pgproxy.sql.statement import Category, Statement
+from pgproxy.sql.statement import Category, Statement, StatementSource
 from pgproxy.wire.framing import Frame
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,6 @@ _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
 _AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
 _ENDINGS = {0x49: "empty query", 0x73: "portal suspended: more rows remain", 0x56: "function call returned"}
-
-
-class GateFatal(Exception):
-    """The session cannot continue safely (e.g. the client switched to an encoding pgproxy cannot read)."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
 
 
 class SessionGate:
@@ -73,21 +65,21 @@ class SessionGate:
         standard_conforming_strings: str = "on",
         limits: RowLimits | None = None,
         trail: AuditTrail | None = None,
+        holding: bool = False,
     ) -> None:
         """Raises :class:`UnsupportedEncoding` or :class:`GateFatal` when the session cannot be judged."""
-        _check_string_syntax(standard_conforming_strings)
         self.judge = Judge(policies, identity, database, read_only=read_only)
         self.identity = identity
         self.database = database
         self.prepared = PreparedStatements()
         self._classifier = classifier
-        self._server_encoding = server_encoding
-        self._codec = python_codec(client_encoding, server_encoding)
-        self._markers: dict[bytes, bytes] = {}  # stand-in marker → the ErrorResponse to send instead
+        self._reading = TextReading(client_encoding, server_encoding, standard_conforming_strings)
+        self.stand_ins = denial.StandIns()
         self._barrier = SettingsBarrier()
         self._limits = limits if limits is not None and limits.active else None
         self._followed = _FOLLOWED | COUNTED if self._limits is not None else _FOLLOWED
         self.trail = trail
+        self.holds = Holds(enabled=holding)  # with an approval service: hold, rather than refuse, for approval
         if trail is not None:
             self._followed = self._followed | _AUDITED
 
@@ -141,11 +133,17 @@ class SessionGate:
                 return _WAIT
             statements, key = judged
             decision = self.judge.verdict(statements)
+            verdict = None
+            if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
+                verdict = self._settle(decision, statements, "Query", text, key)
+                if verdict is None:
+                    return _WAIT
+                decision = None if verdict.approved else decision
             if self.trail is not None:
-                self._audit_query(text, key, statements, decision)
+                self._audit_query(text, key, statements, decision, verdict)
             if decision is not None:
                 prepared.sent_query(())
-                return self._stand_in(decision, denial.query_stand_in)
+                return self._stand_in(decision, denial.query_stand_in, verdict)
             prepared.sent_query(statements)
             self._barrier.after_query(statements, prepared.boundaries)
             return None
@@ -161,15 +159,23 @@ class SessionGate:
             statements, key = judged
             decision = self.judge.verdict(statements)
             meaning = meaning_of(statements)
+            verdict = None
+            if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
+                verdict = self._settle(decision, statements, "Parse", text, key)
+                if verdict is None:
+                    return _WAIT
+                decision = None if verdict.approved else decision
             if self.trail is not None:
                 source = trail_source(text, key, len(statements), self.trail.redact_literals)
                 if decision is not None:
-                    self.trail.parse_denied(meaning, decision, source, discarded=prepared.skipping)
+                    self.trail.parse_denied(meaning, decision, source, discarded=prepared.skipping, approval=verdict)
                 else:
                     meaning = replace(meaning, source=source)  # Binds record the text it was prepared with
             if decision is not None:
                 prepared.sent_parse(name, None)
-                return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker))
+                return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker), verdict)
+            if verdict is not None:
+                self.holds.approve_name(name, meaning, verdict)
             prepared.sent_parse(name, meaning)
             return None
         if kind == _B:
@@ -183,14 +189,22 @@ class SessionGate:
                 return _WAIT
             statement = found.statement or unknown_name(name)
             decision = self.judge.verdict((statement,))
+            verdict = None
+            if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
+                verdict = self.holds.approved_bind(name, statement) or self._settle(
+                    decision, (statement,), "Bind", statement.source, None
+                )
+                if verdict is None:
+                    return _WAIT
+                decision = None if verdict.approved else decision
             if self.trail is not None:
                 self.trail.bind(
                     portal, statement, decision or self.judge.decide(statement), statement.source,
-                    discarded=prepared.skipping,
+                    discarded=prepared.skipping, approval=verdict,
                 )
             if decision is not None:
                 prepared.sent_bind(portal, None)
-                return self._stand_in(decision, lambda marker: denial.bind_stand_in(raw_portal, marker))
+                return self._stand_in(decision, lambda marker: denial.bind_stand_in(raw_portal, marker), verdict)
             prepared.sent_bind(portal, statement)
             return None
         if kind == _E:
@@ -228,8 +242,8 @@ class SessionGate:
         """A statement or portal name as the server keys it: cut to 63 bytes (NAMEDATALEN - 1)."""
         if not raw:
             return ""  # the unnamed statement or portal: what most drivers use
-        if self._codec != "utf-8":
-            raw = raw.decode(self._codec, "surrogateescape").encode("utf-8", "surrogateescape")
+        if self._reading.codec != "utf-8":
+            raw = raw.decode(self._reading.codec, "surrogateescape").encode("utf-8", "surrogateescape")
         return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 
     # -- classification and decisions ------------------------------------------------------------
@@ -239,9 +253,9 @@ class SessionGate:
 
     def _decode(self, raw: bytes) -> str | Statement:
         try:
-            return raw.decode(self._codec)
+            return raw.decode(self._reading.codec)
         except UnicodeDecodeError:
-            return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self._codec}")
+            return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self._reading.codec}")
 
     def _statements(self, text: str | Statement) -> tuple[tuple[Statement, ...], str | None] | None:
         """The statements of ``text`` with EXECUTE resolved, and the text's shape key; None when a name's
@@ -264,16 +278,36 @@ class SessionGate:
         return None if waits else (resolved, key)
 
     def _audit_query(
-        self, text: str | Statement, key: str | None, statements: Sequence[Statement], refused: Decision | None
+        self, text: str | Statement, key: str | None, statements: Sequence[Statement], refused: Decision | None,
+        approval: Verdict | None,
     ) -> None:
         assert self.trail is not None
         decisions = [refused or self.judge.decide(statement) for statement in statements]
         sources = trail_sources(text, key, len(statements), self.trail.redact_literals)
-        self.trail.query(statements, decisions, sources, discarded=self.prepared.skipping)
+        self.trail.query(statements, decisions, sources, discarded=self.prepared.skipping, approval=approval)
 
-    def _stand_in(self, decision: Decision, build: Callable[[str], bytes]) -> bytes:
-        marker = denial.new_marker()
-        self._markers[marker.encode("ascii")] = denial.decision_error(decision, self._codec)
+    def _settle(
+        self,
+        decision: Decision,
+        statements: tuple[Statement, ...],
+        message: str,
+        text: str | Statement | StatementSource | None,
+        key: str | None,
+    ) -> Verdict | None:
+        """The approvers' verdict on this held message, or None: hold it (the relay asks them)."""
+        if isinstance(text, StatementSource) or text is None:
+            source = text
+        else:
+            source = trail_source(text, key, len(statements), True)  # approvers see no literals
+        return self.holds.settle(Hold(decision, statements, message, source))
+
+    def _stand_in(self, decision: Decision, build: Callable[[str], bytes], verdict: Verdict | None = None) -> bytes:
+        if verdict is not None and not verdict.approved:
+            refusal, sqlstate = verdict.refusal(decision)
+            codec = self._reading.codec
+            error = denial.error_response(sqlstate, refusal.reason, detail=None, hint=refusal.hint, codec=codec)
+            return self.stand_ins.add(error, build)
+        stand_in = self.stand_ins.add(denial.decision_error(decision, self._reading.codec), build)
         statement = decision.statement
         log.info(
             "%s %s for %s on %s (rule %s)",
@@ -283,7 +317,7 @@ class SessionGate:
             self.database,
             decision.rule_id,
         )
-        return build(marker)
+        return stand_in
 
     # -- server → client -----------------------------------------------------------------------
     def from_server(self, data: bytes, frames: Sequence[Frame]) -> bytes:
@@ -315,17 +349,17 @@ class SessionGate:
                     self.trail.ready()
                 self._barrier.ready()
                 if prepared.idle:
-                    self._markers.clear()  # every stand-in has been answered or skipped
+                    self.stand_ins.clear()  # every stand-in has been answered or skipped
             elif kind == 0x45:  # 'E' ErrorResponse
                 prepared.error()
-                replacement = self._replacement(data, start, end)
+                replacement = self.stand_ins.replacement(data[start:end])
                 if replacement is not None:
                     if splice is None:
                         splice = Splice(data)
                     splice.swap(start - 5, end, replacement)
                 if self.trail is not None:
                     body = data[start:end] if replacement is None else replacement[5:]
-                    self.trail.failed(*error_fields(body, self._codec))
+                    self.trail.failed(*error_fields(body, self._reading.codec))
             elif kind == 0x33:  # '3' CloseComplete
                 prepared.close_complete()
             elif kind in (0x49, 0x73):  # 'I' EmptyQueryResponse, 's' PortalSuspended
@@ -338,40 +372,8 @@ class SessionGate:
             elif kind == 0x47:  # 'G' CopyInResponse
                 prepared.copy_in_started()
             elif kind == 0x53:  # 'S' ParameterStatus
-                self._parameter_status(data, start, end)
+                self._reading.parameter_status(data, start, end)
         return data if splice is None else splice.until(len(data))
-
-    def _replacement(self, data: bytes, start: int, end: int) -> bytes | None:
-        if not self._markers:
-            return None
-        payload = data[start:end]
-        for marker in self._markers:
-            if marker in payload:
-                return self._markers.pop(marker)
-        return None
-
-    def _parameter_status(self, data: bytes, start: int, end: int) -> None:
-        name_end = data.find(b"\x00", start, end)
-        name = data[start:name_end]
-        if name not in (b"client_encoding", b"server_encoding", b"standard_conforming_strings"):
-            return
-        value = data[name_end + 1 : end - 1].decode("ascii", "replace")
-        if name == b"standard_conforming_strings":
-            _check_string_syntax(value)
-            return
-        if name == b"server_encoding":
-            self._server_encoding = value
-            return
-        try:
-            self._codec = python_codec(value, self._server_encoding)
-        except UnsupportedEncoding as exc:
-            raise GateFatal("0A000", str(exc)) from exc
-
-
-def _check_string_syntax(standard_conforming_strings: str) -> None:
-    problem = check_string_syntax(standard_conforming_strings)
-    if problem is not None:
-        raise GateFatal("0A000", problem)
 
 
 class _Wait:

@@ -30,6 +30,7 @@ import pglast.parser
 
 from pgproxy.audit.record import AuditRecord, Decision, RecordKind, utc_timestamp
 from pgproxy.auth.identity import Identity
+from pgproxy.gate.holds import Verdict
 from pgproxy.policy.engine import Decision as PolicyDecision
 from pgproxy.sql.statement import Statement, StatementSource
 
@@ -93,12 +94,15 @@ class _Execution:
 
 
 class _Portal:
-    __slots__ = ("decision", "intent_id", "source", "statement")
+    __slots__ = ("approval", "decision", "intent_id", "source", "statement")
 
-    def __init__(self, statement: Statement, decision: PolicyDecision, source: StatementSource | None) -> None:
+    def __init__(
+        self, statement: Statement, decision: PolicyDecision, source: StatementSource | None, approval: Verdict | None
+    ) -> None:
         self.statement = statement
         self.decision = decision
         self.source = source
+        self.approval = approval
         self.intent_id: str | None = None  # set at its first Execute
 
 
@@ -178,32 +182,36 @@ class AuditTrail:
         sources: Sequence[StatementSource],
         *,
         discarded: bool,
+        approval: Verdict | None = None,
     ) -> None:
         """A Query went upstream (or its stand-in, when a decision refused it)."""
         for index, statement in enumerate(statements):
-            self._intent(statement, decisions[index], sources[index], index, discarded=discarded)
+            self._intent(statement, decisions[index], sources[index], index, discarded=discarded, approval=approval)
         if not discarded:
             self._expected.append(_BOUNDARY)
 
     def parse_denied(self, statement: Statement, decision: PolicyDecision, source: StatementSource,
-                     *, discarded: bool) -> None:
-        self._intent(statement, decision, source, 0, discarded=discarded)
+                     *, discarded: bool, approval: Verdict | None = None) -> None:
+        self._intent(statement, decision, source, 0, discarded=discarded, approval=approval)
 
     def bind(self, portal: str, statement: Statement, decision: PolicyDecision, source: StatementSource | None,
-             *, discarded: bool) -> None:
+             *, discarded: bool, approval: Verdict | None = None) -> None:
         """A Bind went upstream; a refused one (its stand-in) is recorded now, an allowed one at Execute."""
-        if decision.effect.value != Decision.ALLOW:
+        allowed = decision.effect.value == Decision.ALLOW or (approval is not None and approval.approved)
+        if not allowed:
             self._portals.pop(portal, None)
-            self._intent(statement, decision, source, 0, discarded=discarded)
+            self._intent(statement, decision, source, 0, discarded=discarded, approval=approval)
         elif not discarded:
-            self._portals[portal] = _Portal(statement, decision, source)
+            self._portals[portal] = _Portal(statement, decision, source, approval)
 
     def execute(self, portal: str, *, discarded: bool) -> None:
         found = self._portals.get(portal)
         if found is None or discarded:
             return  # nothing bound here (the server answers with an error) or the server skips it
         if found.intent_id is None:
-            found.intent_id = self._intent(found.statement, found.decision, found.source, 0, discarded=False)
+            found.intent_id = self._intent(
+                found.statement, found.decision, found.source, 0, discarded=False, approval=found.approval
+            )
         else:
             self._expect(found.intent_id)  # the next rows of a suspended portal
 
@@ -221,7 +229,7 @@ class AuditTrail:
 
     def _intent(
         self, statement: Statement, decision: PolicyDecision, source: StatementSource | None, index: int,
-        *, discarded: bool,
+        *, discarded: bool, approval: Verdict | None = None,
     ) -> str:
         values = self._common.copy()
         values.update(
@@ -237,6 +245,9 @@ class AuditTrail:
             rule_id=decision.rule_id,
             reason=None if decision.effect.value == Decision.ALLOW else decision.reason,
         )
+        if approval is not None:  # a held statement: the approvers' answer is part of its record
+            values.update(approval_id=approval.request_id, approvers=approval.approvers)
+            values["reason"] = None if approval.approved else approval.refusal(decision)[0].reason
         record = AuditRecord.trusted(**values)
         self._intents.append(record)
         if discarded:

@@ -9,7 +9,6 @@ it can act on; the token itself is never logged or echoed.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import time
@@ -17,20 +16,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pgproxy.approvals.service import ApprovalService, PendingApproval, Requester
 from pgproxy.audit.jsonl import AuditStoreUnavailable
 from pgproxy.audit.service import AuditService
 from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
 from pgproxy.gate.encoding import UnsupportedEncoding
+from pgproxy.gate.holds import Hold
 from pgproxy.gate.judge import PolicySource
-from pgproxy.gate.limits import RowLimits
-from pgproxy.gate.session import GateFatal, SessionGate
+from pgproxy.gate.reading import GateFatal
+from pgproxy.gate.session import SessionGate
 from pgproxy.policy.engine import SessionProfile, session_profile
+from pgproxy.server.admission import is_loopback, row_limits, upstream_session_settings
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
 from pgproxy.server.endpoint import ConnectionClosed, Endpoint
 from pgproxy.server.relay import Relay
-from pgproxy.server.session_records import SessionRecords
+from pgproxy.server.session_records import SessionRecords, client_address
 from pgproxy.server.upstream import open_upstream, send_cancel
 from pgproxy.session import client as hs
 from pgproxy.session.params import ClientStartup, StartupRefused, stamped_application_name, vet_startup
@@ -71,6 +73,7 @@ class ProxyContext:
     classifier: Classifier = field(default_factory=Classifier)  # shared: its cache serves every session
     audit: AuditService | None = None  # None: no audit log (only when explicitly configured so)
     redact_literals: bool = False  # audit records show statements with constants replaced by $n
+    approvals: ApprovalService | None = None  # None: statements needing approval are refused, not held
 
 
 class Refusal(Exception):
@@ -79,40 +82,6 @@ class Refusal(Exception):
     def __init__(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.error = be.ErrorResponse.build("FATAL", sqlstate, message, hint=hint)
-
-
-def upstream_session_settings(profile: SessionProfile) -> tuple[tuple[str, str], ...]:
-    """Startup settings that put the policy's limits inside PostgreSQL too (defense in depth).
-
-    Set at startup rather than by SET, so they are the session's reset values: RESET ALL and
-    DISCARD ALL return to them rather than to the login role's defaults.
-    """
-    settings: list[tuple[str, str]] = []
-    if profile.upstream_role:
-        settings.append(("role", profile.upstream_role))
-    if profile.read_only:
-        settings.append(("default_transaction_read_only", "on"))
-    return tuple(settings)
-
-
-def _row_limits(profile: SessionProfile) -> RowLimits | None:
-    if profile.limits is None:
-        return None
-    return RowLimits(profile.limits.max_rows, profile.limits.max_export_rows, f"session {profile.settings_id}")
-
-
-def is_loopback(peer: object) -> bool:
-    if isinstance(peer, str) or peer is None:  # Unix socket peers are local by construction
-        return True
-    if isinstance(peer, tuple) and peer:
-        try:
-            address = ipaddress.ip_address(str(peer[0]).split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return address.ipv4_mapped.is_loopback
-        return address.is_loopback
-    return False
 
 
 class ClientConnection:
@@ -311,6 +280,7 @@ class ClientConnection:
             on_finished=self._finished,
             gate=gate,
             audit=self.context.audit,
+            approvals=self._approvals(identity, startup, profile),
         )
         self._schedule_expiry(identity)
         self.relay.start(b"", upstream.leftover)
@@ -341,9 +311,20 @@ class ClientConnection:
             client_encoding=reported.get("client_encoding", "UTF8"),
             server_encoding=reported.get("server_encoding", "UTF8"),
             standard_conforming_strings=reported.get("standard_conforming_strings", "off"),
-            limits=_row_limits(profile),
+            limits=row_limits(profile),
             trail=self.records.trail(identity, startup, profile.upstream_role, self.context.redact_literals),
+            holding=self.context.approvals is not None,
         )
+
+    def _approvals(
+        self, identity: Identity, startup: ClientStartup, profile: SessionProfile
+    ) -> Callable[[Hold], PendingApproval] | None:
+        service = self.context.approvals
+        if service is None:
+            return None
+        requester = Requester(identity, startup.database, client_address(self.peer), startup.application_name,
+                              profile.upstream_role, self.records.session_id)
+        return lambda hold: service.request(hold, requester)
 
 
     def _schedule_expiry(self, identity: Identity) -> None:

@@ -17,11 +17,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from pgproxy.approvals.service import PendingApproval
 from pgproxy.audit.jsonl import AuditStoreUnavailable
 from pgproxy.audit.service import AuditService
 from pgproxy.gate.denial import OUTAGE_SQLSTATE, outage_decision
+from pgproxy.gate.holds import Hold, Verdict
 from pgproxy.gate.limits import LimitExceeded
-from pgproxy.gate.session import GateFatal, SessionGate
+from pgproxy.gate.reading import GateFatal
+from pgproxy.gate.session import SessionGate
 from pgproxy.server.endpoint import Endpoint, RelaySink
 from pgproxy.session.inflight import InFlight
 from pgproxy.wire import backend as be
@@ -54,6 +57,7 @@ class Relay:
         on_finished: Callable[[], None],
         gate: SessionGate | None = None,
         audit: AuditService | None = None,
+        approvals: Callable[[Hold], PendingApproval] | None = None,
     ) -> None:
         self.client = client
         self.gate = gate
@@ -62,6 +66,8 @@ class Relay:
         self._audit_wait: asyncio.Future[object] | None = None
         self._waiting_bytes = b""
         self._client_paused = False  # paused because messages are held (not for backpressure)
+        self._approvals = approvals  # asks approvers about a held request (None: nothing is held)
+        self._approval: PendingApproval | None = None  # the request the held messages wait for
         self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
@@ -110,7 +116,7 @@ class Relay:
             return
         if not complete:
             return
-        if self._held or self._audit_wait is not None:
+        if self._held or self._audit_wait is not None or self._approval is not None:
             # A client sending more while earlier requests wait: stop reading it (bounded memory).
             self._held.append((complete, frames, 0))
             self._pause_client()
@@ -131,6 +137,8 @@ class Relay:
             except GateFatal as exc:
                 self.fail_client(exc.sqlstate, exc.message)
                 return False
+        if gate is not None and gate.holds.pending is not None:
+            self._ask_approvers(gate.holds.take())
         client_sent = self.in_flight.client_sent
         for index in range(first, stop):
             kind = frames[index][0]
@@ -194,6 +202,33 @@ class Relay:
                 self.gate.trail.forwarded()
         self._release_held()
 
+    def _ask_approvers(self, hold: Hold | None) -> None:
+        """The gate stopped at a message that needs approval: ask, tell the client, wait for the verdict."""
+        if hold is None or self._approvals is None:
+            return
+        try:
+            pending = self._approvals(hold)
+        except Exception:
+            log.exception("could not open an approval request")
+            self.fail_client("58000", "pgproxy could not open an approval request; the statement was not run")
+            return
+        self._approval = pending
+        self.client.write(be.NoticeResponse.build("NOTICE", "00000", pending.notice).encode())
+        pending.verdict.add_done_callback(self._approvers_decided)
+
+    def _approvers_decided(self, future: asyncio.Future[Verdict]) -> None:
+        self._approval = None
+        if self._finished or future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("approval request failed: %s", error)
+            self.fail_client("58000", "pgproxy lost the approval request; the statement was not run")
+            return
+        assert self.gate is not None
+        self.gate.holds.resolve(future.result())
+        self._release_held()
+
     def _pause_client(self) -> None:
         if self._client_paused:
             return
@@ -203,8 +238,8 @@ class Relay:
 
     def _release_held(self) -> None:
         """Forward held client messages now that the server has answered; stop again if still needed."""
-        if self._audit_wait is not None:
-            return  # their turn comes when the intents before them are durable
+        if self._audit_wait is not None or self._approval is not None:
+            return  # their turn comes when the intents before them are durable, or approvers decided
         while self._held:
             chunk, frames, first = self._held.pop(0)
             if not self._forward_client(chunk, frames, first) or self._finished:
@@ -292,6 +327,9 @@ class Relay:
         self._finished = True
         if self.end_reason is None:
             self.end_reason = "the client ended the session" if self.client_terminated else "the connection closed"
+        if self._approval is not None:
+            self._approval.withdraw()  # the client is gone: its request no longer waits for anyone
+            self._approval = None
         if self.audit is not None and self.gate is not None and self.gate.trail is not None:
             self.audit.record(self.gate.trail.session_ended() + self.gate.trail.take_intents())
         if not self.upstream.closed:

@@ -152,8 +152,9 @@ def test_token_command_mints_a_verifiable_demo_token(tmp_path: Path) -> None:
 
 
 def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen([*PGPROXY, "demo", "--port", str(port), "--state-dir", str(tmp_path)],
+    port, web_port = free_port(), free_port()
+    process = subprocess.Popen([*PGPROXY, "demo", "--port", str(port), "--web-port", str(web_port),
+                                "--state-dir", str(tmp_path)],
                                env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert process.stdout is not None

@@ -18,6 +18,7 @@ import pytest
 import uvloop
 
 from pgproxy.app import build_server
+from pgproxy.approvals.service import ApprovalService
 from pgproxy.audit.jsonl import read_records
 from pgproxy.audit.record import AuditRecord
 from pgproxy.config import load_settings
@@ -31,8 +32,11 @@ POLICIES = Path(__file__).parent / "policies"
 
 
 class RunningProxy:
-    def __init__(self, settings: dict[str, Any], idp: FakeIdP, tls_dir: Path) -> None:
+    def __init__(
+        self, settings: dict[str, Any], idp: FakeIdP, tls_dir: Path, approvals: ApprovalService | None = None
+    ) -> None:
         self.idp = idp
+        self.approvals = approvals
         self.tls_dir = tls_dir
         self.settings = load_settings(settings)
         self.loop = uvloop.new_event_loop()
@@ -41,7 +45,7 @@ class RunningProxy:
         self.server: ProxyServer = self.call(self._start())
 
     async def _start(self) -> ProxyServer:
-        server = build_server(self.settings)
+        server = build_server(self.settings, approvals=self.approvals)
         await server.start()
         return server
 
@@ -130,9 +134,9 @@ def proxy_factory(
     started: list[RunningProxy] = []
     tls_dir = tmp_path_factory.mktemp("tls")
 
-    def start(**overrides: Any) -> RunningProxy:
+    def start(approvals: ApprovalService | None = None, **overrides: Any) -> RunningProxy:
         settings = base_settings(postgres, fake_idp, tls_dir) | overrides
-        proxy = RunningProxy({k: v for k, v in settings.items() if v is not None}, fake_idp, tls_dir)
+        proxy = RunningProxy({k: v for k, v in settings.items() if v is not None}, fake_idp, tls_dir, approvals)
         started.append(proxy)
         return proxy
 

@@ -8,7 +8,8 @@ import pytest
 
 from pgproxy.auth.identity import Identity
 from pgproxy.gate.encoding import UnsupportedEncoding
-from pgproxy.gate.session import GateFatal, SessionGate
+from pgproxy.gate.reading import GateFatal
+from pgproxy.gate.session import SessionGate
 from pgproxy.policy.store import PolicyStore
 from pgproxy.sql.classify import Classifier
 from pgproxy.wire import backend as be

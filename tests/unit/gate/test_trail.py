@@ -100,7 +100,7 @@ def test_a_refused_statement_is_recorded_with_its_rule_and_the_error_the_client_
     session = Session()
     [intent] = session.client(fe.Query("SELECT * FROM gate_secrets"))
     assert (intent.decision, intent.rule_id, intent.category) == (Decision.DENY, "writers-not-secrets", "read")
-    forwarded_marker = next(iter(session.gate._markers))  # the stand-in the server will reject
+    forwarded_marker = next(iter(session.gate.stand_ins.errors))  # the stand-in the server will reject
     [outcome] = session.server(error("42601", f'syntax error at or near "{forwarded_marker.decode()}"'), READY)
     assert outcome.sqlstate == "42501" and outcome.error_message is not None
     assert "writers-not-secrets" in outcome.error_message

@@ -1,0 +1,241 @@
+"""Held statements on the wire: a statement that needs approval waits, then runs (approved) or fails with
+the documented error (denied: 42501, expired: 57014); the session stays usable; nothing runs before the
+approval. Real clients (psql, asyncpg, psycopg) through pgproxy; votes are cast on the approval service
+with verified identities, as the channels will."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgproxy.approvals.model import ApprovalRequest, RequestState, Vote, VoteRefused
+from pgproxy.approvals.service import ApprovalService
+from pgproxy.audit import Decision, RecordKind
+from pgproxy.auth.identity import Identity
+from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
+from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+
+pytestmark = pytest.mark.integration
+
+POLICY = """\
+rules:
+  - id: agents-read
+    who: {groups: [agents]}
+    databases: ["*"]
+    categories: [read, session, transaction]
+    effect: allow
+  - id: agents-ddl
+    who: {groups: [agents]}
+    databases: ["*"]
+    categories: [ddl]
+    effect: require_approval
+    approval: {approvers: {groups: [dba]}, timeout: TIMEOUT}
+"""
+DBA = Identity("dba-1", "https://idp.invalid", "dba@example.com", "DBA", ("dba",), None)
+OTHER_DBA = Identity("dba-2", "https://idp.invalid", "dba2@example.com", "DBA 2", ("dba",), None)
+
+
+def start(proxy_factory: ProxyFactory, tmp_path: Path, timeout: str = "5m") -> tuple[RunningProxy, ApprovalService]:
+    policies = tmp_path / f"policies-{uuid.uuid4().hex[:6]}"
+    policies.mkdir()
+    (policies / "rules.yaml").write_text(POLICY.replace("TIMEOUT", timeout))
+    service = ApprovalService(approve_at="https://pgproxy.example/approvals")
+    return proxy_factory(approvals=service, policies=policies), service
+
+
+@pytest.fixture
+def table(postgres: RealPostgres) -> Iterator[Callable[[], bool]]:
+    """A scratch table pgproxy's login owns; the callable says whether it still exists (read directly)."""
+    name = f"held_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int)")
+
+    def exists() -> bool:
+        with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone() == (True,)
+
+    exists.name = name  # type: ignore[attr-defined]
+    yield exists
+    with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def agent_token(proxy: RunningProxy, name: str = "agent-1") -> str:
+    return proxy.idp.mint(name, email=f"{name}@example.com", groups=["agents"])
+
+
+def wait_for_request(proxy: RunningProxy, service: ApprovalService, count: int = 1) -> ApprovalRequest:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pending = proxy.call_soon(service.pending)
+        if len(pending) >= count:
+            return pending[-1]
+        time.sleep(0.02)
+    raise AssertionError("no approval request appeared")
+
+
+def vote(proxy: RunningProxy, service: ApprovalService, request_id: str, voter: Identity, approve: bool, *,
+         reason: str | None = None) -> ApprovalRequest:
+    return proxy.call_soon(lambda: service.vote(request_id, Vote(voter, approve, time.time(), reason)))
+
+
+def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = function()
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def psql(proxy: RunningProxy, token: str, *commands: str) -> subprocess.CompletedProcess[str]:
+    arguments = [part for command in commands for part in ("-c", command)]
+    return subprocess.run(["psql", "-X", proxy.conninfo(token), "-v", "ON_ERROR_STOP=0", *arguments],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_psql_drop_waits_runs_only_after_approval_and_is_logged_with_its_approver(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+) -> None:
+    proxy, service = start(proxy_factory, tmp_path)
+    name = table.name  # type: ignore[attr-defined]
+    thread, result = in_background(lambda: psql(proxy, agent_token(proxy), f"/* reason: cleanup */ DROP TABLE {name}",
+                                                "SELECT 'still usable'"))
+    request = wait_for_request(proxy, service)
+    assert request.context.command == "DROP TABLE" and request.context.stated_reason == "cleanup"
+    assert request.context.relations == (name,) and request.requester.subject == "agent-1"
+    assert table(), "the statement ran before anyone approved it"
+    with pytest.raises(VoteRefused, match="own request"):
+        vote(proxy, service, request.id, Identity("agent-1", proxy.idp.issuer, "agent-1@example.com", None,
+                                                  ("agents", "dba"), None), True)
+    decided = vote(proxy, service, request.id, DBA, True)
+    assert decided.state is RequestState.APPROVED
+    thread.join(60)
+    completed = result["value"]
+    assert completed.returncode == 0, completed.stderr
+    assert f"waits for approval request {request.id}" in completed.stderr
+    assert "https://pgproxy.example/approvals" in completed.stderr
+    assert "still usable" in completed.stdout and not table()
+    [intent] = [r for r in proxy.audit_records() if r.kind is RecordKind.STATEMENT and r.command == "DROP TABLE"
+                and r.approval_id == request.id]
+    assert (intent.decision, intent.rule_id, intent.approvers) == (Decision.REQUIRE_APPROVAL, "agents-ddl",
+                                                                   ("dba@example.com",))
+
+
+def test_a_denial_fails_the_statement_with_who_and_why_and_the_session_stays_usable(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+) -> None:
+    proxy, service = start(proxy_factory, tmp_path)
+    name = table.name  # type: ignore[attr-defined]
+    thread, result = in_background(lambda: psql(proxy, agent_token(proxy), f"DROP TABLE {name}", "SELECT 41 + 1"))
+    request = wait_for_request(proxy, service)
+    vote(proxy, service, request.id, DBA, False, reason="not during business hours")
+    thread.join(60)
+    completed = result["value"]
+    assert f"approval request {request.id} was denied by dba@example.com: not during business hours" in (
+        completed.stderr)
+    assert "42" in completed.stdout and table()
+
+
+def test_an_expired_request_fails_with_57014(proxy_factory: ProxyFactory, tmp_path: Path,
+                                             table: Callable[[], bool]) -> None:
+    proxy, _ = start(proxy_factory, tmp_path, timeout="1s")
+    name = table.name  # type: ignore[attr-defined]
+    with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled, match="expired without a decision"):
+            conn.execute(f"DROP TABLE {name}")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert table()
+
+
+async def test_asyncpg_extended_protocol_needs_one_approval_for_its_pipeline(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+) -> None:
+    proxy, service = await asyncio.to_thread(start, proxy_factory, tmp_path)
+    name = table.name  # type: ignore[attr-defined]
+    conn = await asyncpg.connect(proxy.url(agent_token(proxy)), ssl=False)
+    try:
+        running = asyncio.ensure_future(conn.execute(f"ALTER TABLE {name} ADD COLUMN note text"))
+        request = await asyncio.to_thread(wait_for_request, proxy, service)
+        await asyncio.to_thread(vote, proxy, service, request.id, DBA, True)
+        assert await asyncio.wait_for(running, 60) == "ALTER TABLE"
+        columns = await conn.fetch("SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0",
+                                   name)
+        assert [row["attname"] for row in columns] == ["id", "note"]
+        assert len(await asyncio.to_thread(lambda: proxy.call_soon(service.requests))) == 1
+    finally:
+        await conn.close()
+
+
+def test_a_client_that_disconnects_while_waiting_withdraws_its_request(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+) -> None:
+    proxy, service = start(proxy_factory, tmp_path)
+    name = table.name  # type: ignore[attr-defined]
+    conn = psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True)
+    conn.pgconn.send_query(f"DROP TABLE {name}".encode())
+    request = wait_for_request(proxy, service)
+    conn.close()
+    def state() -> RequestState:
+        found = proxy.call_soon(lambda: service.get(request.id))
+        assert found is not None
+        return found.state
+
+    deadline = time.monotonic() + 30
+    while state() is RequestState.PENDING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert state() is RequestState.WITHDRAWN
+    with pytest.raises(VoteRefused, match="withdrawn"):
+        vote(proxy, service, request.id, OTHER_DBA, True)
+    assert table()
+
+
+@pytest.mark.parametrize("driver", ["psycopg-pipeline", "asyncpg-prepared"])
+def test_extended_protocol_statements_need_one_approval(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool], driver: str
+) -> None:
+    """psycopg sends Parse/Bind/Execute/Sync at once; asyncpg prepares in one batch and executes in the next."""
+    proxy, service = start(proxy_factory, tmp_path)
+    name = table.name  # type: ignore[attr-defined]
+    statement = f"ALTER TABLE {name} ADD COLUMN note text"
+
+    def run() -> Any:
+        if driver == "psycopg-pipeline":
+            with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
+                return conn.execute(statement).statusmessage
+
+        async def prepared() -> Any:
+            conn = await asyncpg.connect(proxy.url(agent_token(proxy)), ssl=False)
+            try:
+                return await conn.fetch(statement)
+            finally:
+                await conn.close()
+
+        return asyncio.run(prepared())
+
+    thread, result = in_background(run)
+    request = wait_for_request(proxy, service)
+    vote(proxy, service, request.id, DBA, True)
+    thread.join(60)
+    assert "error" not in result, result.get("error")
+    assert result["value"] in ("ALTER TABLE", [])
+    assert len(proxy.call_soon(service.requests)) == 1  # one request, not one per message
+    with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM pg_attribute WHERE attrelid = '{name}'::regclass "
+                            "AND attname = 'note'").fetchone() == (1,)
