@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pgproxy.approvals.service import ApprovalService
+from pgproxy.approvals.store import ApprovalStore
 from pgproxy.audit.forward import build_forwarder
 from pgproxy.audit.jsonl import JsonlAuditStore
 from pgproxy.audit.postgres import PostgresAuditStore
@@ -62,11 +63,22 @@ def build_audit(settings: Settings) -> AuditService | None:
     return AuditService(targets, fail_open=settings.audit_fail_open, forward=forward)
 
 
+def build_approvals(settings: Settings) -> ApprovalService:
+    """The approval service: shared through PostgreSQL when a store DSN is set, else this process's memory."""
+    dsn = settings.approvals_store_dsn
+    store = ApprovalStore(dsn, schema=settings.audit_schema) if dsn is not None else None
+    if store is None:
+        log.warning("approval requests live in this process only (set approvals_dsn or audit_dsn to share them)")
+    return ApprovalService(store, approve_at=settings.approve_at)
+
+
 def build_server(
     settings: Settings, verifier: TokenVerifier | None = None, approvals: ApprovalService | None = None
 ) -> ProxyServer:
     """The proxy, ready to start. Raises ``PolicyLoadError`` when the policy directory is not valid."""
     policies = PolicyStore(settings.policies)
+    if approvals is None and settings.approvals:
+        approvals = build_approvals(settings)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = client_facing_context(str(settings.tls_cert), str(settings.tls_key))
@@ -85,16 +97,32 @@ def build_server(
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)
-    web = build_web(settings, context.verifier) if settings.web_address is not None else None
+    web = build_web(settings, context.verifier, approvals) if settings.web_address is not None else None
     if web is not None:
         server.services.append(web)
+        if approvals is not None and settings.approvals_url is None:
+            server.services.append(_ApproveAt(approvals, web))
     server.on_reload(policies.reload)
     if settings.policy_poll_seconds > 0:
         server.every(settings.policy_poll_seconds, policies.reload_if_changed)
     return server
 
 
-def build_web(settings: Settings, verifier: Verifier) -> WebServer:
+class _ApproveAt:
+    """Once the review page listens, tell waiting clients its real address (the port may have been 0)."""
+
+    def __init__(self, approvals: ApprovalService, web: WebServer) -> None:
+        self._approvals = approvals
+        self._web = web
+
+    async def start(self) -> None:
+        self._approvals.approve_at = f"{self._web.url}/approvals"
+
+    async def stop(self) -> None:
+        return None
+
+
+def build_web(settings: Settings, verifier: Verifier, approvals: ApprovalService | None = None) -> WebServer:
     """The audit review page and API, reading the log pgproxy writes (the database if there is one)."""
     reader_factory: Callable[[], AuditReader]
     dsn = settings.audit_review_dsn or settings.audit_dsn
@@ -110,6 +138,7 @@ def build_web(settings: Settings, verifier: Verifier) -> WebServer:
         verifier=verifier,
         reviewer_groups=tuple(settings.audit_reviewers),
         secure_cookies=settings.tls_cert is not None,
+        approvals=approvals,
     )
     address = settings.web_address
     assert address is not None

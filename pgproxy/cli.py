@@ -44,6 +44,9 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "web_listen": {"metavar": "HOST:PORT"},
     "audit_reviewers": {"metavar": "GROUP[,GROUP]"},
     "audit_review_dsn": {"metavar": "DSN"},
+    "approvals": {"action": "store_const", "const": True},
+    "approvals_dsn": {"metavar": "DSN"},
+    "approvals_url": {"metavar": "URL"},
     "log_level": {"metavar": "LEVEL"},
 }
 
@@ -122,7 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_filter_options(export)
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here (created 0600), not stdout")
+
+    approvals = commands.add_parser("approvals", help="list, show, approve and deny held statements over HTTPS")
+    approvals_commands = approvals.add_subparsers(dest="approvals_command", required=True)
+    listing = approvals_commands.add_parser("list", help="pending approval requests (or all), newest first",
+                                           allow_abbrev=False)
+    listing.add_argument("--state", choices=("pending", "all"), default="pending")
+    listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N requests (default 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per request and line")
+    listing.add_argument("--width", type=int, default=60, metavar="N", help="cut the SQL to N characters")
+    details = approvals_commands.add_parser("show", help="one request: who, where, the SQL, the reason, the votes",
+                                           allow_abbrev=False)
+    details.add_argument("id", metavar="ID")
+    details.add_argument("--json", action="store_true", help="the request as one JSON object")
+    approve = approvals_commands.add_parser("approve", help="approve a request as the token's holder",
+                                            allow_abbrev=False)
+    approve.add_argument("id", metavar="ID")
+    approve.add_argument("--reason", metavar="TEXT", help="an optional comment kept with the vote")
+    deny = approvals_commands.add_parser("deny", help="deny a request; the requester is shown the reason",
+                                        allow_abbrev=False)
+    deny.add_argument("id", metavar="ID")
+    deny.add_argument("--reason", metavar="TEXT", required=True, help="why (required; at most 500 characters)")
+    for command in (listing, details, approve, deny):  # no abbreviations: `--token X` must not mean --token-file
+        _approvals_connection_options(command)
     return parser
+
+
+def _approvals_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="pgproxy's web listener, e.g. https://pgproxy.internal:6433 (or its "
+                                      "…/approvals page) [PGPROXY_APPROVALS_URL]")
+    parser.add_argument("--token-file", type=Path, metavar="FILE",
+                        help="a file holding your OIDC token, - for stdin [else PGPROXY_TOKEN]; never put the "
+                             "token itself on the command line, where other users can see it")
+    parser.add_argument("--cacert", type=Path, metavar="FILE",
+                        help="trust only the CA certificates in FILE (PEM) for the server's certificate")
 
 
 def _audit_source_options(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return _policy(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "approvals":
+        return _approvals(args)
     state_dir = args.state_dir or default_state_dir()
     if args.command == "demo":
         from pgproxy.app import configure_logging  # noqa: PLC0415
@@ -236,6 +274,31 @@ def _audit(args: argparse.Namespace) -> int:
     if report.text:
         to_stderr = report.exit_code != 0 or args.audit_command == "export"
         print(report.text, file=sys.stderr if to_stderr else sys.stdout)
+    return report.exit_code
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from pgproxy.approvals import cli as approvals_cli  # noqa: PLC0415
+
+    try:
+        where = approvals_cli.endpoint(args.url, args.token_file, args.cacert, os.environ)
+        if args.approvals_command == "list" and args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+    except ValueError as exc:
+        print(f"pgproxy: {exc}", file=sys.stderr)
+        return 2
+    if args.approvals_command == "list":
+        report = asyncio.run(approvals_cli.list_requests(where, state=args.state, as_json=args.json,
+                                                         limit=args.limit, text_width=args.width))
+    elif args.approvals_command == "show":
+        report = asyncio.run(approvals_cli.show(where, args.id, as_json=args.json))
+    else:
+        approve = args.approvals_command == "approve"
+        report = asyncio.run(approvals_cli.vote(where, args.id, approve=approve, reason=args.reason))
+    if report.text:
+        print(report.text, file=sys.stdout if report.exit_code == 0 else sys.stderr)
     return report.exit_code
 
 

@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     audit_review_dsn: str | None = Field(
         None, description="DSN the review page reads the audit database with (default: audit_dsn)"
     )
+    approvals: bool = Field(
+        False, description="hold statements that need approval until approvers decide (else refuse them)"
+    )
+    approvals_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the approval store shared by replicas (default: audit_dsn)"
+    )
+    approvals_url: str | None = Field(
+        None, description="where clients are told to get a held statement approved (default: the review page)"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @classmethod
@@ -189,6 +198,26 @@ class Settings(BaseSettings):
         if self.audit_jsonl is not None and not self.audit_jsonl.parent.is_dir():
             raise ValueError(f"directory of audit_jsonl not found: {self.audit_jsonl.parent}")
         return self
+
+    @model_validator(mode="after")
+    def _check_approvals(self) -> Settings:
+        if self.approvals and self.web_listen is None:
+            raise ValueError("approvals need a place to approve: give web_listen (the review page and API)")
+        return self
+
+    @property
+    def approvals_store_dsn(self) -> str | None:
+        return self.approvals_dsn or self.audit_dsn
+
+    @property
+    def approve_at(self) -> str | None:
+        if self.approvals_url is not None:
+            return self.approvals_url
+        if self.web_address is None:
+            return None
+        host, port = self.web_address
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{port}/approvals"
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -83,9 +83,11 @@ class ProxyServer:
                 log.exception("reload failed")
 
     async def start(self) -> None:
-        """Open the audit log (if any; raises when it cannot be opened), then listen."""
+        """Open the audit log and the approval service (if any; raises when they cannot be opened), then listen."""
         if self.context.audit is not None:
             await self.context.audit.open()
+        if self.context.approvals is not None:
+            await self.context.approvals.start()  # before listening: a held statement needs it at once
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._accept, self.host, self.port, reuse_port=self.reuse_port or None, backlog=1024
@@ -143,6 +145,8 @@ class ProxyServer:
         await asyncio.sleep(0)  # let transports flush their final error messages
         for service in self.services:
             await service.stop()
+        if self.context.approvals is not None:
+            await self.context.approvals.close()
         if self.context.audit is not None:
             await self.context.audit.close()  # after the sessions: their last records are written
 

@@ -10,11 +10,14 @@
 * ``GET /api/audit/records`` — the same listing as JSON: ``{"entries": [{"record", "outcomes"}], "next"}``
   (also ``order=oldest``); ``GET /api/audit/records/{id}`` — a detail as JSON;
 * ``GET /api/audit/export?format=jsonl|csv&…`` — every matching record, streamed as a download;
-* ``GET/POST /login`` (paste a token), ``POST /logout``; ``GET /audit/static/review.css``.
+* ``GET/POST /login`` (paste a token), ``POST /logout``; ``GET /audit/static/review.css``;
+* given an approval desk, the approvals pages and API of ``pgproxy.web.approvals`` (``/approvals``,
+  ``/api/approvals``), open to every signed-in person.
 
-Every route but the login form and the stylesheet needs a reviewer (``auth``): the API answers 401/403
-with a JSON ``{"error": …}`` body, the pages redirect to the login form (401) or say who is refused
-(403). A log that cannot be read is 503. Filters that do not parse are 400 with the reason.
+Every audit route needs a reviewer (``auth``): the API answers 401/403 with a JSON ``{"error": …}`` body,
+the pages redirect to the login form (401) or say who is refused (403). A log that cannot be read is 503.
+Filters that do not parse are 400 with the reason. With approvals, the login form accepts any valid token
+(approvers need not be reviewers), and the audit pages still refuse non-reviewers one request at a time.
 
 This module wires requests to a reader (``reader_factory()`` is called per request) and to templates; it
 must not write to the audit log, hold tokens beyond the request, or render a value without escaping.
@@ -22,6 +25,7 @@ must not write to the audit log, hold tokens beyond the request, or render a val
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +37,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pgproxy.audit.export import ExportFormat, encode
 from pgproxy.audit.query import FILTER_KEYS, Cursor, Detail, Entry, RecordFilter, parse_filter
 from pgproxy.audit.review import AuditReader, AuditSourceError
+from pgproxy.web.approvals import ApprovalDesk, add_approval_routes
 from pgproxy.web.auth import MAX_COOKIE_TOKEN, Denied, ReviewerAuth, Verifier, safe_next, same_origin
 from pgproxy.web.views import STYLESHEET, SecurityHeaders, entry_dicts, error_page, page_url, render
 
@@ -115,9 +120,16 @@ def build_web_app(
     verifier: Verifier,
     reviewer_groups: Sequence[str],
     secure_cookies: bool,
+    approvals: ApprovalDesk | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The review app; ``verifier`` checks tokens (a ``TokenVerifier``), ``reviewer_groups`` may sign in."""
-    auth = ReviewerAuth(verifier, reviewer_groups, secure_cookies=secure_cookies)
+    """The review app; ``verifier`` checks tokens (a ``TokenVerifier``), ``reviewer_groups`` may review.
+
+    ``approvals``: also serve the approvals pages and API over this desk, to any signed-in person.
+    """
+    auth = ReviewerAuth(verifier, reviewer_groups, secure_cookies=secure_cookies, clock=clock)
+    signed_in = ReviewerAuth(verifier, None, secure_cookies=secure_cookies, clock=clock)
+    sign_in = auth if approvals is None else signed_in  # who the login form lets in
     app = FastAPI(title="pgproxy audit review", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
 
@@ -135,8 +147,8 @@ def build_web_app(
         else:
             heading = "Not a reviewer" if exc.status == 403 else "Unavailable"
             response = error_page(exc.status, heading, exc.reason)
-        if exc.from_cookie and exc.status in (401, 403):
-            auth.clear_cookie(response)
+        if exc.from_cookie and (exc.status == 401 or (exc.status == 403 and approvals is None)):
+            auth.clear_cookie(response)  # a non-reviewer's cookie still serves the approvals pages
         return response
 
     @app.exception_handler(AuditSourceError)
@@ -173,7 +185,7 @@ def build_web_app(
             message = "This token is too large for a browser cookie; use the API with Authorization: Bearer."
             return render("login.html", status=400, message=message, next=target)
         try:
-            identity = await auth.check(token)
+            identity = await sign_in.check(token)
         except Denied as exc:
             if exc.status == 401:
                 return render("login.html", status=401, message=exc.reason, next=target)
@@ -258,5 +270,7 @@ def build_web_app(
         disposition = f'attachment; filename="pgproxy-audit.{fmt.value}"'
         return StreamingResponse(body(), media_type=fmt.media_type, headers={"content-disposition": disposition})
 
+    if approvals is not None:
+        add_approval_routes(app, desk=approvals, auth=signed_in, clock=clock)
     return app
 

@@ -1,4 +1,5 @@
-"""Who may use the review pages: an OIDC token of a person in a reviewer group, checked on every request.
+"""Who may use the web pages: an OIDC token of a person in a reviewer group (or, for the approvals pages,
+of any person the identity provider vouches for), checked on every request.
 
 A request carries its token as ``Authorization: Bearer <token>`` (API clients) or in the ``pgproxy_review``
 cookie that ``POST /login`` sets after a reviewer pasted a token into the login form: ``HttpOnly`` (no
@@ -9,10 +10,11 @@ again (signature, issuer, audience, expiry) on every request, and an expired tok
 back to the login form.
 
 Outcomes: a missing, malformed, expired or otherwise refused token is 401; a valid token of someone in
-none of ``reviewer_groups`` is 403 (an empty list admits nobody); keys that cannot be fetched from the
-identity provider are 503. :class:`Denied` carries the status and a reason safe to show (the verifier's
-reasons never quote a token). Login and logout forms are POSTs, refused when the browser says they
-came from another origin.
+none of ``reviewer_groups`` is 403 (an empty list admits nobody; ``None`` admits every verified identity,
+for pages where another check decides, as the approval model decides whose vote counts); keys that cannot
+be fetched from the identity provider are 503. :class:`Denied` carries the status and a reason safe to
+show (the verifier's reasons never quote a token). Login and logout forms are POSTs, refused when the
+browser says they came from another origin.
 
 This module must not log, store or echo tokens, nor read the audit log.
 """
@@ -56,18 +58,21 @@ class Denied(Exception):
 
 
 class ReviewerAuth:
-    """Authenticates requests against one verifier and the groups whose members may review."""
+    """Authenticates requests against one verifier and the groups whose members may review.
+
+    ``reviewer_groups=None`` asks for a valid token only: any verified identity is admitted.
+    """
 
     def __init__(
         self,
         verifier: Verifier,
-        reviewer_groups: Sequence[str],
+        reviewer_groups: Sequence[str] | None,
         *,
         secure_cookies: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
-        self._groups = frozenset(reviewer_groups)
+        self._groups = None if reviewer_groups is None else frozenset(reviewer_groups)
         self._secure = secure_cookies
         self._clock = clock
 
@@ -89,14 +94,14 @@ class ReviewerAuth:
             raise
 
     async def check(self, token: str) -> Identity:
-        """``token``'s identity if it is valid and names a reviewer, else raise :class:`Denied`."""
+        """``token``'s identity if it is valid (and names a reviewer when groups are required), else Denied."""
         try:
             identity = await self._verifier.verify(token)
         except JWKSUnavailable:
             raise Denied(503, "the identity provider's signing keys cannot be loaded now; try again") from None
         except TokenRejected as exc:
             raise Denied(401, f"token refused: {exc.reason}", expired=exc.reason == "token expired") from None
-        if self._groups.isdisjoint(identity.groups):
+        if self._groups is not None and self._groups.isdisjoint(identity.groups):
             raise Denied(403, f"{identity.display} is not in a reviewer group of this audit log")
         return identity
 

@@ -1,7 +1,8 @@
 """Held statements on the wire: a statement that needs approval waits, then runs (approved) or fails with
 the documented error (denied: 42501, expired: 57014); the session stays usable; nothing runs before the
 approval. Real clients (psql, asyncpg, psycopg) through pgproxy; votes are cast on the approval service
-with verified identities, as the channels will."""
+with verified identities, as the channels do. Every test runs with requests in memory and in the
+PostgreSQL approval store (a fresh schema in a scratch database)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pytest
 
 from pgproxy.approvals.model import ApprovalRequest, RequestState, Vote, VoteRefused
 from pgproxy.approvals.service import ApprovalService
+from pgproxy.approvals.store import ApprovalStore
 from pgproxy.audit import Decision, RecordKind
 from pgproxy.auth.identity import Identity
 from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
@@ -45,17 +49,66 @@ DBA = Identity("dba-1", "https://idp.invalid", "dba@example.com", "DBA", ("dba",
 OTHER_DBA = Identity("dba-2", "https://idp.invalid", "dba2@example.com", "DBA 2", ("dba",), None)
 
 
-def start(proxy_factory: ProxyFactory, tmp_path: Path, timeout: str = "5m") -> tuple[RunningProxy, ApprovalService]:
+HOLDS_DATABASE = "pgproxy_holds_approvals"
+
+
+@contextmanager
+def scratch_database(postgres: RealPostgres, name: str) -> Iterator[str]:
+    """A new database for approval stores (dropped afterwards); yields its superuser DSN."""
+    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres.dsn(database=name)
+    finally:
+        with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def write_policies(tmp_path: Path, timeout: str) -> Path:
     policies = tmp_path / f"policies-{uuid.uuid4().hex[:6]}"
     policies.mkdir()
     (policies / "rules.yaml").write_text(POLICY.replace("TIMEOUT", timeout))
-    service = ApprovalService(approve_at="https://pgproxy.example/approvals")
-    return proxy_factory(approvals=service, policies=policies), service
+    return policies
 
 
-@pytest.fixture
-def table(postgres: RealPostgres) -> Iterator[Callable[[], bool]]:
-    """A scratch table pgproxy's login owns; the callable says whether it still exists (read directly)."""
+@dataclass
+class Holding:
+    """Starts pgproxy with an approval service: requests in memory (``dsn`` None) or in a store on ``schema``."""
+
+    proxy_factory: ProxyFactory
+    tmp_path: Path
+    dsn: str | None
+    schema: str = field(default_factory=lambda: f"apr_{uuid.uuid4().hex[:12]}")
+    started: list[RunningProxy] = field(default_factory=list)
+
+    def __call__(self, timeout: str = "5m") -> tuple[RunningProxy, ApprovalService]:
+        store = ApprovalStore(self.dsn, schema=self.schema) if self.dsn is not None else None
+        service = ApprovalService(store, approve_at="https://pgproxy.example/approvals")
+        policies = write_policies(self.tmp_path, timeout)
+        self.started.append(self.proxy_factory(approval_service=service, policies=policies))
+        return self.started[-1], service
+
+
+@pytest.fixture(scope="module")
+def holds_dsn(postgres: RealPostgres) -> Iterator[str]:
+    with scratch_database(postgres, HOLDS_DATABASE) as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["memory", "store"])
+def start(request: pytest.FixtureRequest, proxy_factory: ProxyFactory, tmp_path: Path) -> Iterator[Holding]:
+    """Start pgproxy holding statements; its proxies are stopped (their services closed) after the test."""
+    dsn = request.getfixturevalue("holds_dsn") if request.param == "store" else None
+    holding = Holding(proxy_factory, tmp_path, dsn)
+    yield holding
+    for proxy in holding.started:
+        proxy.stop(grace=1)
+
+
+@contextmanager
+def scratch_table(postgres: RealPostgres) -> Iterator[Callable[[], bool]]:
+    """A table pgproxy's login owns; the callable says whether it still exists (read directly)."""
     name = f"held_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {name} (id int)")
@@ -65,28 +118,50 @@ def table(postgres: RealPostgres) -> Iterator[Callable[[], bool]]:
             return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone() == (True,)
 
     exists.name = name  # type: ignore[attr-defined]
-    yield exists
-    with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    try:
+        yield exists
+    finally:
+        with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def table(postgres: RealPostgres) -> Iterator[Callable[[], bool]]:
+    with scratch_table(postgres) as exists:
+        yield exists
 
 
 def agent_token(proxy: RunningProxy, name: str = "agent-1") -> str:
     return proxy.idp.mint(name, email=f"{name}@example.com", groups=["agents"])
 
 
-def wait_for_request(proxy: RunningProxy, service: ApprovalService, count: int = 1) -> ApprovalRequest:
+def wait_for_request(proxy: RunningProxy, service: ApprovalService) -> ApprovalRequest:
+    """The newest pending request, once there is one (polled through the service)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pending = proxy.call_soon(service.pending)
-        if len(pending) >= count:
-            return pending[-1]
+        pending = proxy.call(service.list([RequestState.PENDING]))
+        if pending:
+            return pending[0]
         time.sleep(0.02)
     raise AssertionError("no approval request appeared")
 
 
+def wait_for_state(proxy: RunningProxy, service: ApprovalService, request_id: str,
+                   state: RequestState) -> ApprovalRequest:
+    """The request once it reaches ``state`` (read through ``service``)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = proxy.call(service.get(request_id))
+        assert found is not None, f"request {request_id} is unknown"
+        if found.state is state:
+            return found
+        assert time.monotonic() < deadline, f"request {request_id} is still {found.state.value}"
+        time.sleep(0.02)
+
+
 def vote(proxy: RunningProxy, service: ApprovalService, request_id: str, voter: Identity, approve: bool, *,
          reason: str | None = None) -> ApprovalRequest:
-    return proxy.call_soon(lambda: service.vote(request_id, Vote(voter, approve, time.time(), reason)))
+    return proxy.call(service.vote(request_id, Vote(voter, approve, time.time(), reason)))
 
 
 def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -110,9 +185,9 @@ def psql(proxy: RunningProxy, token: str, *commands: str) -> subprocess.Complete
 
 
 def test_psql_drop_waits_runs_only_after_approval_and_is_logged_with_its_approver(
-    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+    start: Holding, table: Callable[[], bool]
 ) -> None:
-    proxy, service = start(proxy_factory, tmp_path)
+    proxy, service = start()
     name = table.name  # type: ignore[attr-defined]
     thread, result = in_background(lambda: psql(proxy, agent_token(proxy), f"/* reason: cleanup */ DROP TABLE {name}",
                                                 "SELECT 'still usable'"))
@@ -138,9 +213,9 @@ def test_psql_drop_waits_runs_only_after_approval_and_is_logged_with_its_approve
 
 
 def test_a_denial_fails_the_statement_with_who_and_why_and_the_session_stays_usable(
-    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+    start: Holding, table: Callable[[], bool]
 ) -> None:
-    proxy, service = start(proxy_factory, tmp_path)
+    proxy, service = start()
     name = table.name  # type: ignore[attr-defined]
     thread, result = in_background(lambda: psql(proxy, agent_token(proxy), f"DROP TABLE {name}", "SELECT 41 + 1"))
     request = wait_for_request(proxy, service)
@@ -152,21 +227,22 @@ def test_a_denial_fails_the_statement_with_who_and_why_and_the_session_stays_usa
     assert "42" in completed.stdout and table()
 
 
-def test_an_expired_request_fails_with_57014(proxy_factory: ProxyFactory, tmp_path: Path,
-                                             table: Callable[[], bool]) -> None:
-    proxy, _ = start(proxy_factory, tmp_path, timeout="1s")
+def test_an_expired_request_fails_with_57014(start: Holding, table: Callable[[], bool]) -> None:
+    proxy, service = start(timeout="1s")
     name = table.name  # type: ignore[attr-defined]
     with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.QueryCanceled, match="expired without a decision"):
             conn.execute(f"DROP TABLE {name}")
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert table()
+    [expired] = proxy.call(service.list())
+    assert expired.state is RequestState.EXPIRED
 
 
 async def test_asyncpg_extended_protocol_needs_one_approval_for_its_pipeline(
-    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+    start: Holding, table: Callable[[], bool]
 ) -> None:
-    proxy, service = await asyncio.to_thread(start, proxy_factory, tmp_path)
+    proxy, service = await asyncio.to_thread(start)
     name = table.name  # type: ignore[attr-defined]
     conn = await asyncpg.connect(proxy.url(agent_token(proxy)), ssl=False)
     try:
@@ -177,30 +253,21 @@ async def test_asyncpg_extended_protocol_needs_one_approval_for_its_pipeline(
         columns = await conn.fetch("SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0",
                                    name)
         assert [row["attname"] for row in columns] == ["id", "note"]
-        assert len(await asyncio.to_thread(lambda: proxy.call_soon(service.requests))) == 1
+        assert len(await asyncio.to_thread(proxy.call, service.list())) == 1
     finally:
         await conn.close()
 
 
 def test_a_client_that_disconnects_while_waiting_withdraws_its_request(
-    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool]
+    start: Holding, table: Callable[[], bool]
 ) -> None:
-    proxy, service = start(proxy_factory, tmp_path)
+    proxy, service = start()
     name = table.name  # type: ignore[attr-defined]
     conn = psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True)
     conn.pgconn.send_query(f"DROP TABLE {name}".encode())
     request = wait_for_request(proxy, service)
     conn.close()
-    def state() -> RequestState:
-        found = proxy.call_soon(lambda: service.get(request.id))
-        assert found is not None
-        return found.state
-
-    deadline = time.monotonic() + 30
-    while state() is RequestState.PENDING:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert state() is RequestState.WITHDRAWN
+    wait_for_state(proxy, service, request.id, RequestState.WITHDRAWN)
     with pytest.raises(VoteRefused, match="withdrawn"):
         vote(proxy, service, request.id, OTHER_DBA, True)
     assert table()
@@ -208,10 +275,10 @@ def test_a_client_that_disconnects_while_waiting_withdraws_its_request(
 
 @pytest.mark.parametrize("driver", ["psycopg-pipeline", "asyncpg-prepared"])
 def test_extended_protocol_statements_need_one_approval(
-    proxy_factory: ProxyFactory, tmp_path: Path, table: Callable[[], bool], driver: str
+    start: Holding, table: Callable[[], bool], driver: str
 ) -> None:
     """psycopg sends Parse/Bind/Execute/Sync at once; asyncpg prepares in one batch and executes in the next."""
-    proxy, service = start(proxy_factory, tmp_path)
+    proxy, service = start()
     name = table.name  # type: ignore[attr-defined]
     statement = f"ALTER TABLE {name} ADD COLUMN note text"
 
@@ -235,7 +302,22 @@ def test_extended_protocol_statements_need_one_approval(
     thread.join(60)
     assert "error" not in result, result.get("error")
     assert result["value"] in ("ALTER TABLE", [])
-    assert len(proxy.call_soon(service.requests)) == 1  # one request, not one per message
+    assert len(proxy.call(service.list())) == 1  # one request, not one per message
     with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
         assert conn.execute(f"SELECT count(*) FROM pg_attribute WHERE attrelid = '{name}'::regclass "
                             "AND attname = 'note'").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("start", ["store"], indirect=True)
+def test_a_request_the_store_cannot_keep_ends_the_session_with_58000(
+    start: Holding, table: Callable[[], bool]
+) -> None:
+    proxy, _ = start()
+    assert start.dsn is not None
+    with psycopg.connect(start.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {start.schema}.approval_votes, {start.schema}.approval_requests")
+    name = table.name  # type: ignore[attr-defined]
+    with (psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn,
+          pytest.raises(psycopg.errors.lookup("58000"), match="lost the approval request")):
+        conn.execute(f"DROP TABLE {name}")
+    assert table()

@@ -134,9 +134,9 @@ def proxy_factory(
     started: list[RunningProxy] = []
     tls_dir = tmp_path_factory.mktemp("tls")
 
-    def start(approvals: ApprovalService | None = None, **overrides: Any) -> RunningProxy:
+    def start(approval_service: ApprovalService | None = None, **overrides: Any) -> RunningProxy:
         settings = base_settings(postgres, fake_idp, tls_dir) | overrides
-        proxy = RunningProxy({k: v for k, v in settings.items() if v is not None}, fake_idp, tls_dir, approvals)
+        proxy = RunningProxy({k: v for k, v in settings.items() if v is not None}, fake_idp, tls_dir, approval_service)
         started.append(proxy)
         return proxy
 
