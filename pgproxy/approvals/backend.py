@@ -8,6 +8,7 @@ meaning:
 * every change goes through the pure model (``pgproxy.approvals.model``): a vote by its rules, refused
   with :class:`~pgproxy.approvals.model.VoteRefused`; a vote when ``now`` is at or after the deadline
   expires the request and is refused; expiry of every due request; withdrawal of a pending one;
+* channel bookkeeping (a Slack message's ``ts``) is merged into ``request.extra`` by ``set_extra``;
 * an unknown id raises the store's :class:`~pgproxy.approvals.store.RequestNotFound` (reading returns None);
 * every change is announced to the :meth:`~MemoryBackend.listen` callbacks with the request id, on the
   event loop's next turn, as a committed change is announced by the store's LISTEN/NOTIFY.
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from pgproxy.approvals.model import ApprovalRequest, RequestState, Vote, VoteRefused
@@ -54,6 +56,7 @@ class ApprovalBackend(Protocol):
     async def vote(self, request_id: str, vote: Vote, now: float) -> ApprovalRequest: ...
     async def expire_due(self, now: float) -> Requests: ...
     async def withdraw(self, request_id: str, now: float) -> ApprovalRequest: ...
+    async def set_extra(self, request_id: str, values: Mapping[str, str]) -> ApprovalRequest: ...
     async def get(self, request_id: str) -> ApprovalRequest | None: ...
     async def list(self, *, states: Iterable[RequestState] | None = None, limit: int = 100) -> Requests: ...
     async def listen(
@@ -138,6 +141,13 @@ class MemoryBackend:
         """Withdraw a pending request; a decided one is returned unchanged."""
         request = self._found(request_id)
         after = request.withdraw(now)
+        self._replace(request, after)
+        return after
+
+    async def set_extra(self, request_id: str, values: Mapping[str, str]) -> ApprovalRequest:
+        """Merge ``values`` into the request's ``extra`` (channel bookkeeping); raises :class:`RequestNotFound`."""
+        request = self._found(request_id)
+        after = replace(request, extra={**request.extra, **values})
         self._replace(request, after)
         return after
 

@@ -11,7 +11,9 @@ the server has not confirmed, and the relay keeps that message and everything af
   prepare first and execute later do), so one statement needs one approval, not two; a second
   execution of it needs a new approval;
 * **denied** → refused in place by a stand-in (``denial``) with SQLSTATE 42501, naming who denied and why;
-* **expired** → refused in place with SQLSTATE 57014, as a statement timeout is.
+* **expired** → refused in place with SQLSTATE 57014, as a statement timeout is;
+* **cancelled** by the client (a cancel request while it waits) → withdrawn, refused with 57014 as any
+  cancelled statement is.
 
 A verdict applies to the one held message it answers (by position: the first require-approval message
 judged after it); it is never a standing permission. Sans-IO and pure.
@@ -46,11 +48,15 @@ class Verdict:
     approved: bool
     approvers: tuple[str, ...] = ()  # who approved (their verified names)
     expired: bool = False
+    cancelled: bool = False  # the client sent a cancel request while it waited
     denied_by: str | None = None
     reason: str | None = None  # the denier's reason
 
     def refusal(self, held: Decision) -> tuple[Decision, str]:
         """The decision to answer a refused held message with, and its SQLSTATE."""
+        if self.cancelled:
+            reason = f"canceling statement due to user request; approval request {self.request_id} was withdrawn"
+            return replace(held, effect=Effect.DENY, reason=reason, hint=None), EXPIRED_SQLSTATE
         if self.expired:
             reason = f"approval request {self.request_id} expired without a decision; the statement was not run"
             hint = f"ask {held.approval.describe() if held.approval else 'an approver'} sooner, or send it again"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pgproxy.dsn import UpstreamTarget
 
@@ -20,6 +21,8 @@ class UpstreamKey:
     target: UpstreamTarget
     process_id: int
     secret_key: bytes
+    # Also told of a cancel: stops a statement pgproxy itself holds (waiting for approval).
+    on_cancel: Callable[[], None] | None = field(default=None, compare=False)
 
 
 class CancelRegistry:

@@ -260,7 +260,7 @@ class ClientConnection:
         cancel_id, cancel_secret = (0, b"\x00\x00\x00\x00")
         if key is not None:
             cancel_id, cancel_secret = self.context.cancels.register(
-                UpstreamKey(target, key.process_id, key.secret_key)
+                UpstreamKey(target, key.process_id, key.secret_key, on_cancel=self._cancel_hold)
             )
             self._cancel_id = cancel_id
         greeting = [be.AuthenticationOk().encode()]
@@ -345,11 +345,17 @@ class ClientConnection:
         if self.relay is not None:
             self.relay.end_now(_token_expired_error())
 
+    def _cancel_hold(self) -> None:
+        if self.relay is not None:
+            self.relay.cancel_hold()
+
     async def _cancel(self, event: hs.CancelRequested) -> None:
         upstream = self.context.cancels.resolve(event.process_id, event.secret_key)
         if upstream is None:
             log.info("ignored a cancel request with an unknown key from %s", self.peer)
             return
+        if upstream.on_cancel is not None:
+            upstream.on_cancel()  # a statement held for approval is pgproxy's to cancel
         try:
             await send_cancel(upstream.target, upstream.process_id, upstream.secret_key)
         except (OSError, TimeoutError, UpstreamLoginError, ConnectionClosed) as exc:

@@ -68,6 +68,7 @@ class Relay:
         self._client_paused = False  # paused because messages are held (not for backpressure)
         self._approvals = approvals  # asks approvers about a held request (None: nothing is held)
         self._approval: PendingApproval | None = None  # the request the held messages wait for
+        self._before_hold = b""  # judged messages of the same run as the held one, forwarded with it
         self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
@@ -152,10 +153,7 @@ class Relay:
                 self._held.insert(0, (chunk, frames, stop))
                 self._pause_client()
             return False
-        if out:
-            self.upstream.write(out)
-            if gate is not None and gate.trail is not None:
-                gate.trail.forwarded()
+        self._send_upstream(out)
         if stop < len(frames):
             # Wait for the server's answers; stop reading the client meanwhile (bounded memory).
             self._held.insert(0, (chunk, frames, stop))
@@ -196,10 +194,24 @@ class Relay:
         if failed and not (self.audit is not None and self.audit.fail_open):
             self.fail_client(OUTAGE_SQLSTATE, _LOST_STORE)
             return
-        if out:
-            self.upstream.write(out)
-            if self.gate is not None and self.gate.trail is not None:
-                self.gate.trail.forwarded()
+        self._send_upstream(out)
+        self._release_held()
+
+    def _send_upstream(self, out: bytes) -> None:
+        """Forward judged bytes — unless a statement after them waits for approval: then the messages
+        before it in the same run wait with it (the whole pipeline is held, not only its tail)."""
+        if not out:
+            return
+        if self._approval is not None:
+            self._before_hold += out
+            return
+        self.upstream.write(out)
+        if self.gate is not None and self.gate.trail is not None:
+            self.gate.trail.forwarded()
+
+    def _hold_ended(self) -> None:
+        out, self._before_hold = self._before_hold, b""
+        self._send_upstream(out)
         self._release_held()
 
     def _ask_approvers(self, hold: Hold | None) -> None:
@@ -216,7 +228,20 @@ class Relay:
         self.client.write(be.NoticeResponse.build("NOTICE", "00000", pending.notice).encode())
         pending.verdict.add_done_callback(self._approvers_decided)
 
+    def cancel_hold(self) -> None:
+        """The client sent a cancel request: a statement waiting for approval stops waiting (57014)."""
+        pending = self._approval
+        if pending is None or self._finished:
+            return
+        self._approval = None
+        pending.withdraw()
+        assert self.gate is not None
+        self.gate.holds.resolve(Verdict(pending.request_id, approved=False, cancelled=True))
+        self._hold_ended()
+
     def _approvers_decided(self, future: asyncio.Future[Verdict]) -> None:
+        if self._approval is None or self._approval.verdict is not future:
+            return  # cancelled by the client meanwhile: already answered
         self._approval = None
         if self._finished or future.cancelled():
             return
@@ -227,7 +252,7 @@ class Relay:
             return
         assert self.gate is not None
         self.gate.holds.resolve(future.result())
-        self._release_held()
+        self._hold_ended()
 
     def _pause_client(self) -> None:
         if self._client_paused:

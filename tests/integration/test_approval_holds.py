@@ -273,6 +273,49 @@ def test_a_client_that_disconnects_while_waiting_withdraws_its_request(
     assert table()
 
 
+def test_a_cancel_request_withdraws_the_request_and_the_session_stays_usable(
+    start: Holding, table: Callable[[], bool]
+) -> None:
+    proxy, service = start()
+    name = table.name  # type: ignore[attr-defined]
+    with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn:
+        thread, result = in_background(lambda: conn.execute(f"DROP TABLE {name}"))
+        request = wait_for_request(proxy, service)
+        conn.cancel_safe()  # what Ctrl-C in psql sends: a CancelRequest on a new connection
+        thread.join(60)
+        error = result.get("error")
+        assert isinstance(error, psycopg.errors.QueryCanceled) and "user request" in str(error), result
+        wait_for_state(proxy, service, request.id, RequestState.WITHDRAWN)
+        assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+    assert table()
+
+
+def test_the_whole_pipeline_waits_with_the_held_statement(
+    start: Holding, table: Callable[[], bool], postgres: RealPostgres
+) -> None:
+    """Statements pipelined before the held one are not run ahead of it (no transaction left open)."""
+    proxy, service = start()
+    name = table.name  # type: ignore[attr-defined]
+    marker = f"pipeline_{uuid.uuid4().hex[:8]}"
+
+    def pipeline() -> list[Any]:
+        with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn, conn.pipeline():
+            first = conn.execute(f"SELECT '{marker}'")
+            conn.execute(f"DROP TABLE {name}")
+            return [first.fetchone()]
+
+    thread, result = in_background(pipeline)
+    request = wait_for_request(proxy, service)
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        running = admin.execute("SELECT state, query FROM pg_stat_activity WHERE query LIKE %s AND pid <> "
+                                "pg_backend_pid()", [f"%{marker}%"]).fetchall()
+    assert running == [], running  # the SELECT before the DROP did not reach the server either
+    vote(proxy, service, request.id, DBA, True)
+    thread.join(60)
+    assert result.get("value") == [(marker,)], result
+    assert not table()
+
+
 @pytest.mark.parametrize("driver", ["psycopg-pipeline", "asyncpg-prepared"])
 def test_extended_protocol_statements_need_one_approval(
     start: Holding, table: Callable[[], bool], driver: str
