@@ -26,8 +26,11 @@ from pgproxy.approvals.service import ApprovalService
 from pgproxy.approvals.store import ApprovalStore
 from pgproxy.audit import Decision, RecordKind
 from pgproxy.auth.identity import Identity
+from pgproxy.wire import backend as be
+from pgproxy.wire import frontend as fe
 from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
 from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+from tests.support.raw_client import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -293,18 +296,21 @@ def test_a_cancel_request_withdraws_the_request_and_the_session_stays_usable(
 def test_the_whole_pipeline_waits_with_the_held_statement(
     start: Holding, table: Callable[[], bool], postgres: RealPostgres
 ) -> None:
-    """Statements pipelined before the held one are not run ahead of it (no transaction left open)."""
+    """Statements pipelined before the held one, in the same write, do not run ahead of it."""
     proxy, service = start()
     name = table.name  # type: ignore[attr-defined]
     marker = f"pipeline_{uuid.uuid4().hex[:8]}"
 
-    def pipeline() -> list[Any]:
-        with psycopg.connect(proxy.conninfo(agent_token(proxy)), autocommit=True) as conn, conn.pipeline():
-            first = conn.execute(f"SELECT '{marker}'")
-            conn.execute(f"DROP TABLE {name}")
-            return [first.fetchone()]
+    async def pipeline() -> list[be.BackendMessage]:
+        async with await RawClient.connect(proxy.port) as client:
+            await client.login(agent_token(proxy))
+            await client.send(  # one write: a read, then the DDL that needs approval, then Sync
+                fe.Parse("", f"SELECT '{marker}'"), fe.Bind("", ""), fe.Execute(""),
+                fe.Parse("", f"DROP TABLE {name}"), fe.Bind("", ""), fe.Execute(""), fe.Sync(),
+            )
+            return await client.read_until_ready()
 
-    thread, result = in_background(pipeline)
+    thread, result = in_background(lambda: asyncio.run(pipeline()))
     request = wait_for_request(proxy, service)
     with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
         running = admin.execute("SELECT state, query FROM pg_stat_activity WHERE query LIKE %s AND pid <> "
@@ -312,7 +318,12 @@ def test_the_whole_pipeline_waits_with_the_held_statement(
     assert running == [], running  # the SELECT before the DROP did not reach the server either
     vote(proxy, service, request.id, DBA, True)
     thread.join(60)
-    assert result.get("value") == [(marker,)], result
+    answers = result.get("value")
+    assert answers is not None, result
+    assert [type(m).__name__ for m in answers if not isinstance(m, be.NoticeResponse)] == [
+        "ParseComplete", "BindComplete", "DataRow", "CommandComplete",
+        "ParseComplete", "BindComplete", "CommandComplete", "ReadyForQuery",
+    ]
     assert not table()
 
 
