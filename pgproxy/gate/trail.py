@@ -30,7 +30,7 @@ import pglast.parser
 
 from pgproxy.audit.record import AuditRecord, Decision, RecordKind, utc_timestamp
 from pgproxy.auth.identity import Identity
-from pgproxy.gate.holds import Verdict
+from pgproxy.gate.holds import Hold, Verdict
 from pgproxy.policy.engine import Decision as PolicyDecision
 from pgproxy.sql.statement import Statement, StatementSource
 
@@ -224,12 +224,20 @@ class AuditTrail:
         if not discarded:
             self._expected.append(_BOUNDARY)
 
+    def withdrawn(self, hold: Hold, request_id: str) -> None:
+        """A held statement whose client went away while it waited: recorded, never run."""
+        verdict = Verdict(request_id, approved=False, cancelled=True)
+        for index, statement in enumerate(hold.statements or (hold.decision.statement,)):
+            self._intent(statement, hold.decision, hold.source, index, discarded=True, approval=verdict,
+                         not_run="not run: the client went away while the statement waited for approval")
+
     def sync(self) -> None:
         self._expected.append(_BOUNDARY)
 
     def _intent(
         self, statement: Statement, decision: PolicyDecision, source: StatementSource | None, index: int,
         *, discarded: bool, approval: Verdict | None = None,
+        not_run: str = "not run: the server was discarding messages until Sync",
     ) -> str:
         values = self._common.copy()
         values.update(
@@ -251,7 +259,7 @@ class AuditTrail:
         record = AuditRecord.trusted(**values)
         self._intents.append(record)
         if discarded:
-            self._outcome(record.record_id, 0.0, reason="not run: the server was discarding messages until Sync")
+            self._outcome(record.record_id, 0.0, reason=not_run)
         else:
             self._expect(record.record_id)
         return record.record_id

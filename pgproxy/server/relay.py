@@ -69,6 +69,7 @@ class Relay:
         self._approvals = approvals  # asks approvers about a held request (None: nothing is held)
         self._approval: PendingApproval | None = None  # the request the held messages wait for
         self._before_hold = b""  # judged messages of the same run as the held one, forwarded with it
+        self._hold: Hold | None = None  # what the pending approval is about (recorded if the client leaves)
         self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
@@ -225,6 +226,7 @@ class Relay:
             self.fail_client("58000", "pgproxy could not open an approval request; the statement was not run")
             return
         self._approval = pending
+        self._hold = hold
         self.client.write(be.NoticeResponse.build("NOTICE", "00000", pending.notice).encode())
         pending.verdict.add_done_callback(self._approvers_decided)
 
@@ -354,9 +356,11 @@ class Relay:
             self.end_reason = "the client ended the session" if self.client_terminated else "the connection closed"
         if self._approval is not None:
             self._approval.withdraw()  # the client is gone: its request no longer waits for anyone
+            if self._hold is not None and self.gate is not None and self.gate.trail is not None:
+                self.gate.trail.withdrawn(self._hold, self._approval.request_id)
             self._approval = None
         if self.audit is not None and self.gate is not None and self.gate.trail is not None:
-            self.audit.record(self.gate.trail.session_ended() + self.gate.trail.take_intents())
+            self.audit.record(self.gate.trail.take_intents() + self.gate.trail.session_ended())
         if not self.upstream.closed:
             if not self.client_terminated:
                 self.upstream.write(b"X\x00\x00\x00\x04")  # Terminate: end the backend cleanly

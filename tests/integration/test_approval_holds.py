@@ -274,6 +274,11 @@ def test_a_client_that_disconnects_while_waiting_withdraws_its_request(
     with pytest.raises(VoteRefused, match="withdrawn"):
         vote(proxy, service, request.id, OTHER_DBA, True)
     assert table()
+    records = proxy.audit_records()
+    [intent] = [r for r in records if r.kind is RecordKind.STATEMENT and r.approval_id == request.id]
+    [outcome] = [r for r in records if r.intent_id == intent.record_id]
+    assert intent.decision is Decision.REQUIRE_APPROVAL and outcome.reason is not None
+    assert "went away" in outcome.reason and records.index(intent) < records.index(outcome)
 
 
 def test_a_cancel_request_withdraws_the_request_and_the_session_stays_usable(
