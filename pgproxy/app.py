@@ -8,24 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from slack_sdk.web.async_client import AsyncWebClient
+
+from pgproxy.approvals.directory import ApproverDirectory
 from pgproxy.approvals.service import ApprovalService
+from pgproxy.approvals.slack import SlackChannel
+from pgproxy.approvals.slack_notifier import SlackNotifier, SocketModeService, vote_through
+from pgproxy.approvals.slack_socket import SlackSocketRunner
 from pgproxy.approvals.store import ApprovalStore
 from pgproxy.audit.forward import build_forwarder
 from pgproxy.audit.jsonl import JsonlAuditStore
 from pgproxy.audit.postgres import PostgresAuditStore
 from pgproxy.audit.review import AuditReader, JsonlAuditReader, PostgresAuditReader
 from pgproxy.audit.service import AuditService, AuditTarget
+from pgproxy.auth.demo_issuer import DemoIssuer, DemoLogin
 from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
 from pgproxy.policy.store import PolicyStore
 from pgproxy.server.connection import ProxyContext, Verifier
-from pgproxy.server.listener import ProxyServer
+from pgproxy.server.listener import ProxyServer, Service
 from pgproxy.server.tls import client_facing_context
 from pgproxy.web.app import build_web_app
+from pgproxy.web.demo_login import demo_sign_in
+from pgproxy.web.oidc_login import OIDCLogin
 from pgproxy.web.server import WebServer
+from pgproxy.web.slack_endpoint import add_slack_routes
 
 T = TypeVar("T")
 log = logging.getLogger("pgproxy")
@@ -72,8 +84,50 @@ def build_approvals(settings: Settings) -> ApprovalService:
     return ApprovalService(store, approve_at=settings.approve_at)
 
 
+@dataclass(frozen=True, slots=True)
+class SlackApprovals:
+    """The Slack channel of approvals, the directory it names voters with, and the services keeping it going."""
+
+    channel: SlackChannel
+    directory: ApproverDirectory
+    services: tuple[Service, ...]
+
+
+def build_slack(settings: Settings, approvals: ApprovalService) -> SlackApprovals:
+    """Post ``approvals``' requests to Slack and take votes from it (``settings.slack`` must be true).
+
+    Raises ``DirectoryError`` when the approver directory does not load.
+    """
+    token, channel_id, directory_file = settings.slack_bot_token, settings.slack_channel, settings.approver_directory
+    assert token is not None and channel_id is not None and directory_file is not None, "incomplete Slack settings"
+    directory = ApproverDirectory(directory_file)
+    # Socket Mode only: no URL takes signed requests, so the channel's secret is one nobody knows.
+    signing = settings.slack_signing_secret
+    secret = signing.get_secret_value() if signing is not None else secrets.token_hex(32)
+    channel = SlackChannel(
+        AsyncWebClient(token=token.get_secret_value(), base_url=settings.slack_api_url),
+        channel_id=channel_id,
+        signing_secret=secret,
+        directory=directory,
+        cast=vote_through(approvals),
+        load=approvals.get,
+    )
+    notifier = SlackNotifier(channel, approvals)
+    approvals.on_change(notifier.changed)
+    services: list[Service] = [notifier]
+    if settings.slack_app_token is not None:
+        runner = SlackSocketRunner(channel, app_token=settings.slack_app_token.get_secret_value(),
+                                   web_client=AsyncWebClient(base_url=settings.slack_api_url))
+        services.append(SocketModeService(runner))
+    log.info("approval requests go to Slack channel %s (%d people in %s)", channel_id, len(directory), directory_file)
+    return SlackApprovals(channel, directory, tuple(services))
+
+
 def build_server(
-    settings: Settings, verifier: TokenVerifier | None = None, approvals: ApprovalService | None = None
+    settings: Settings,
+    verifier: TokenVerifier | None = None,
+    approvals: ApprovalService | None = None,
+    demo_issuer: DemoIssuer | None = None,
 ) -> ProxyServer:
     """The proxy, ready to start. Raises ``PolicyLoadError`` when the policy directory is not valid."""
     policies = PolicyStore(settings.policies)
@@ -97,7 +151,10 @@ def build_server(
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)
-    web = build_web(settings, context.verifier, approvals) if settings.web_address is not None else None
+    slack = build_slack(settings, approvals) if approvals is not None and settings.slack else None
+    channel = slack.channel if slack is not None else None
+    web = (build_web(settings, context.verifier, approvals, channel, demo_issuer)
+           if settings.web_address is not None else None)
     if web is not None:
         server.services.append(web)
         if approvals is not None and settings.approvals_url is None:
@@ -105,6 +162,11 @@ def build_server(
     server.on_reload(policies.reload)
     if settings.policy_poll_seconds > 0:
         server.every(settings.policy_poll_seconds, policies.reload_if_changed)
+    if slack is not None:
+        server.services.extend(slack.services)
+        server.on_reload(slack.directory.reload)
+        if settings.policy_poll_seconds > 0:
+            server.every(settings.policy_poll_seconds, slack.directory.reload_if_changed)
     return server
 
 
@@ -122,8 +184,36 @@ class _ApproveAt:
         return None
 
 
-def build_web(settings: Settings, verifier: Verifier, approvals: ApprovalService | None = None) -> WebServer:
-    """The audit review page and API, reading the log pgproxy writes (the database if there is one)."""
+def build_web_sign_in(
+    settings: Settings, verifier: Verifier, demo_issuer: DemoIssuer | None = None
+) -> tuple[OIDCLogin | None, DemoLogin | None]:
+    """How browsers sign in besides pasting a token: through the identity provider, or the demo issuer."""
+    address = settings.web_address
+    assert address is not None
+    if demo_issuer is not None:
+        scheme = "https" if settings.tls_cert is not None else "http"
+        return demo_sign_in(demo_issuer, verifier, site=f"{scheme}://{address[0]}:{address[1]}",
+                            cafile=settings.tls_cert)
+    if settings.web_oidc_client_id is None or settings.web_oidc_redirect_uri is None:
+        return None, None
+    secret = settings.web_oidc_client_secret
+    login = OIDCLogin(settings.oidc_issuer, settings.web_oidc_client_id,
+                      None if secret is None else secret.get_secret_value(), settings.web_oidc_redirect_uri,
+                      verifier, scopes=tuple(settings.web_oidc_scopes))
+    return login, None
+
+
+def build_web(
+    settings: Settings,
+    verifier: Verifier,
+    approvals: ApprovalService | None = None,
+    slack: SlackChannel | None = None,
+    demo_issuer: DemoIssuer | None = None,
+) -> WebServer:
+    """The audit review page and API, reading the log pgproxy writes (the database if there is one).
+
+    With ``slack`` and a signing secret, also Slack's interactivity endpoint (``POST /slack/interactions``).
+    """
     reader_factory: Callable[[], AuditReader]
     dsn = settings.audit_review_dsn or settings.audit_dsn
     if dsn is not None:
@@ -133,22 +223,33 @@ def build_web(settings: Settings, verifier: Verifier, approvals: ApprovalService
         assert settings.audit_jsonl is not None
         jsonl_reader = JsonlAuditReader([settings.audit_jsonl])
         reader_factory = lambda: jsonl_reader  # noqa: E731
+    oidc_login, demo_login = build_web_sign_in(settings, verifier, demo_issuer)
     app = build_web_app(
         reader_factory=reader_factory,
         verifier=verifier,
         reviewer_groups=tuple(settings.audit_reviewers),
         secure_cookies=settings.tls_cert is not None,
         approvals=approvals,
+        oidc_login=oidc_login,
+        paste_login=settings.web_paste_login,
+        demo_login=demo_login,
     )
+    if slack is not None and settings.slack_signing_secret is not None:
+        add_slack_routes(app, slack)
     address = settings.web_address
     assert address is not None
     return WebServer(app, host=address[0], port=address[1], certfile=settings.tls_cert, keyfile=settings.tls_key)
 
 
-async def serve(settings: Settings, ready: Awaitable[None] | None = None) -> None:
-    """Load policies, start listening and serve until SIGTERM/SIGINT (SIGHUP reloads policies)."""
+async def serve(
+    settings: Settings, ready: Awaitable[None] | None = None, *, demo_issuer: DemoIssuer | None = None
+) -> None:
+    """Load policies, start listening and serve until SIGTERM/SIGINT (SIGHUP reloads policies).
+
+    ``demo_issuer``: ``pgproxy demo`` only, the web pages sign people in through it.
+    """
     verifier = build_verifier(settings)
-    server = build_server(settings, verifier)
+    server = build_server(settings, verifier, demo_issuer=demo_issuer)
     await warm_up_keys(verifier)
     await server.start()
     if ready is not None:

@@ -42,11 +42,19 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "audit_forward": {"metavar": "none|stdout|syslog"},
     "audit_syslog_address": {"metavar": "PATH|HOST:PORT"},
     "web_listen": {"metavar": "HOST:PORT"},
+    "web_oidc_client_id": {"metavar": "CLIENT_ID"},
+    "web_oidc_redirect_uri": {"metavar": "URL"},
+    "web_oidc_scopes": {"metavar": "SCOPE[,SCOPE]"},
+    # web_oidc_client_secret is a secret and web_paste_login a rarely changed switch: environment or config file.
     "audit_reviewers": {"metavar": "GROUP[,GROUP]"},
     "audit_review_dsn": {"metavar": "DSN"},
     "approvals": {"action": "store_const", "const": True},
     "approvals_dsn": {"metavar": "DSN"},
     "approvals_url": {"metavar": "URL"},
+    # slack_bot_token, slack_signing_secret and slack_app_token are secrets: environment or config file only.
+    "slack_channel": {"metavar": "CHANNEL_ID"},
+    "slack_api_url": {"metavar": "URL"},
+    "approver_directory": {"metavar": "YAML", "type": Path},
     "log_level": {"metavar": "LEVEL"},
 }
 

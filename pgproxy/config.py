@@ -2,7 +2,9 @@
 
 Precedence: command-line flags, then environment, then the config file, then defaults. Every
 setting is validated when pgproxy starts; an invalid one stops it with a message naming the
-setting, its flag and its environment variable. Loading only: nothing here opens sockets.
+setting, its flag and its environment variable. Secrets (the Slack tokens and signing secret) are
+``SecretStr``: their values appear in no repr and no error message. Loading only: nothing here opens
+sockets (the approver directory file is read to validate it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,8 +22,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pgproxy import config_checks as checks
 from pgproxy.audit.pg_schema import checked_schema
 from pgproxy.dsn import DSNError, UpstreamTarget, parse_dsn
+
+SLACK_API_URL = "https://slack.com/api/"
+# Settings without a command-line flag: command lines are visible to every user of the machine.
+SECRET_SETTINGS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token"})
 
 
 class SettingsError(Exception):
@@ -29,7 +36,10 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PGPROXY_", extra="forbid", validate_default=True)
+    # hide_input_in_errors: a validation error must never print a secret (tokens, DSN passwords).
+    model_config = SettingsConfigDict(
+        env_prefix="PGPROXY_", extra="forbid", validate_default=True, hide_input_in_errors=True
+    )
     config_file: ClassVar[Path | None] = None
 
     listen: str = Field("127.0.0.1:6432", description="address:port clients connect to")
@@ -68,6 +78,19 @@ class Settings(BaseSettings):
     audit_reviewers: Annotated[list[str], NoDecode] = Field(
         ["auditors"], description="groups whose members may use the audit review page (comma separated)"
     )
+    web_oidc_client_id: str | None = Field(
+        None, description="the web pages' client id at the identity provider: sign people in there (code flow + PKCE)"
+    )
+    web_oidc_client_secret: SecretStr | None = Field(
+        None, description="the web client's secret, for a confidential client (environment or config file only)"
+    )
+    web_oidc_redirect_uri: str | None = Field(
+        None, description="the web client's registered redirect URI: https://HOST:PORT/oidc/callback"
+    )
+    web_oidc_scopes: Annotated[list[str], NoDecode] = Field(
+        ["openid", "email", "profile"], description="scopes the web sign-in asks for (comma separated)"
+    )
+    web_paste_login: bool = Field(True, description="also let people sign in to the web pages by pasting a token")
     audit_review_dsn: str | None = Field(
         None, description="DSN the review page reads the audit database with (default: audit_dsn)"
     )
@@ -79,6 +102,20 @@ class Settings(BaseSettings):
     )
     approvals_url: str | None = Field(
         None, description="where clients are told to get a held statement approved (default: the review page)"
+    )
+    slack_bot_token: SecretStr | None = Field(
+        None, description="Slack bot token (xoxb-…) that posts approval requests; a secret: environment or config file"
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="the Slack app's signing secret, checking clicks sent to /slack/interactions (a secret)"
+    )
+    slack_channel: str | None = Field(None, description="id (C0123456789) of the Slack channel requests are posted to")
+    slack_app_token: SecretStr | None = Field(
+        None, description="Slack app-level token (xapp-…): take clicks over Socket Mode instead (a secret)"
+    )
+    slack_api_url: str = Field(SLACK_API_URL, description="base URL of the Slack Web API (tests, HTTP proxies)")
+    approver_directory: Path | None = Field(
+        None, description="YAML file mapping approvers' emails to their groups (required with Slack)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -96,7 +133,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
         return tuple(sources)
 
-    @field_validator("oidc_audience", "oidc_algorithms", "audit_reviewers", mode="before")
+    @field_validator("oidc_audience", "oidc_algorithms", "audit_reviewers", "web_oidc_scopes", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -205,6 +242,41 @@ class Settings(BaseSettings):
             raise ValueError("approvals need a place to approve: give web_listen (the review page and API)")
         return self
 
+    @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
+    @classmethod
+    def _check_slack_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return checks.slack_secret(value, info.field_name or "")
+
+    @field_validator("slack_channel")
+    @classmethod
+    def _check_slack_channel(cls, value: str | None) -> str | None:
+        return checks.slack_channel(value)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _check_slack_api_url(cls, value: str) -> str:
+        return checks.slack_api_url(value)
+
+    @field_validator("approver_directory")
+    @classmethod
+    def _check_directory(cls, value: Path | None) -> Path | None:
+        return checks.approver_directory(value)
+
+    @model_validator(mode="after")
+    def _check_slack(self) -> Settings:
+        checks.slack_complete(self)
+        return self
+
+    @property
+    def slack(self) -> bool:
+        """Whether approval requests go to Slack (the settings above are then complete)."""
+        return self.slack_bot_token is not None
+
+    @model_validator(mode="after")
+    def _check_web_sign_in(self) -> Settings:
+        checks.web_sign_in(self)
+        return self
+
     @property
     def approvals_store_dsn(self) -> str | None:
         return self.approvals_dsn or self.audit_dsn
@@ -274,6 +346,8 @@ def describe_errors(exc: ValidationError) -> str:
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]) or "settings"
         where = f"--{name.replace('_', '-')} / PGPROXY_{name.upper()}" if error["loc"] else "settings"
+        if name in SECRET_SETTINGS:
+            where = f"PGPROXY_{name.upper()} or the config file"
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"invalid setting {name!r} ({where}): {message}")
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 Everything a new user needs to see pgproxy work on a bare machine: the database comes from the
 ``pgserver`` wheel, tokens are signed by a demo key kept in the state directory, and the printed
-``psql`` command is ready to paste. Not for production: the issuer key lives on local disk.
+``psql`` command is ready to paste. The review page signs people in through the demo issuer (a form to
+choose the agent, the DBA or the auditor; see ``pgproxy.web.demo_login``), so nobody needs to paste a
+token there. Not for production: the issuer key lives on local disk.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def demo_settings(
             "audit_jsonl": state_dir / "audit.jsonl",
             "web_listen": f"127.0.0.1:{web_port}",
             "audit_reviewers": ["auditors"],
+            "approvals": True,  # the agent's DDL waits for the DBA, who approves on the review page
         }
     )
 
@@ -107,18 +110,19 @@ def run_demo(state_dir: Path, port: int, policies: Path, *, web_port: int) -> No
         async def announce() -> None:
             print("pgproxy demo is running. Connect as the demo agent with:\n")
             print("  " + psql_command(token, port, "agent-x") + "\n")
-            print(f"The agent may read (customers' email and phone are listed for masking), and DDL or exports "
-                  f"need approval; the policies are in {policies}.")
+            print(f"The agent may read (customers' email and phone are listed for masking); DDL or exports wait "
+                  f"for a DBA's approval at https://127.0.0.1:{web_port}/approvals (self-signed certificate: sign "
+                  f"in with the demo issuer and choose the DBA). The policies are in {policies}.")
             print(f"Mint other identities with: pgproxy token --sub NAME --email NAME@example.com "
                   f"--group GROUP --state-dir {shlex.quote(str(state_dir))}  (groups: ai-agents, dba, "
                   f"ci-deployers, auditors)")
             print(f"\nEvery statement is in the audit log {settings.audit_jsonl}:")
             print(f"  pgproxy audit search --jsonl {shlex.quote(str(settings.audit_jsonl))}")
-            print(f"and on the review page https://127.0.0.1:{web_port}/audit (self-signed certificate; sign in "
-                  f"with a token of the auditors group).")
+            print(f"and on the review page https://127.0.0.1:{web_port}/audit (self-signed certificate): sign in "
+                  f"with the demo issuer and choose the auditor.")
             print("Press Ctrl-C to stop (the demo database is discarded).", flush=True)
 
-        run_loop(serve(settings, ready=announce()))
+        run_loop(serve(settings, ready=announce(), demo_issuer=issuer))
     finally:
         pg.stop()
 

@@ -23,7 +23,8 @@ may decide them:
 
 Listeners (:meth:`~ApprovalService.on_change`) hear once of each change *this service made* (a request
 opened, a vote counted, an expiry it swept, a withdrawal), so across replicas one of them hears of it
-(e.g. to update a Slack message); changes other programs write to the store are not heard.
+(e.g. to update a Slack message); changes other programs write to the store, and channel bookkeeping
+(:meth:`~ApprovalService.set_extra`), are not heard.
 :meth:`~ApprovalService.start` (on the relay's event loop) opens the backend, its listener and the
 sweeper; :meth:`~ApprovalService.close` lets pending writes finish briefly, answers still-waiting
 clients with an error, and closes the backend.
@@ -40,7 +41,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,15 +109,9 @@ class _Held:
 class ApprovalService:
     """Approval requests in ``store`` (in memory when None) and the futures this replica's sessions wait on."""
 
-    def __init__(
-        self,
-        store: ApprovalBackend | None = None,
-        *,
-        approve_at: str | None = None,
-        replica: str | None = None,
-        clock: Callable[[], float] = time.time,
-        sweep_seconds: float = 1.0,
-    ) -> None:
+    def __init__(self, store: ApprovalBackend | None = None, *, approve_at: str | None = None,
+                 replica: str | None = None, clock: Callable[[], float] = time.time,
+                 sweep_seconds: float = 1.0) -> None:
         backend: ApprovalBackend = store if store is not None else MemoryBackend()
         if replica is not None and backend.replica not in (None, replica):
             raise ValueError(f"the store belongs to replica {backend.replica!r}, not {replica!r}")
@@ -231,6 +226,10 @@ class ApprovalService:
 
     async def get(self, request_id: str) -> ApprovalRequest | None:
         return await self._backend.get(request_id)
+
+    async def set_extra(self, request_id: str, values: Mapping[str, str]) -> ApprovalRequest:
+        """Merge a channel's bookkeeping (a Slack message's ts) into the request; listeners do not hear of it."""
+        return await self._backend.set_extra(request_id, values)
 
     async def list(self, states: Iterable[RequestState] | None = None, limit: int = 100) -> Requests:
         """At most ``limit`` requests of every replica, newest first, optionally only in ``states``."""

@@ -8,19 +8,30 @@ The issuer is the fixed identifier :data:`DEMO_ISSUER` (``https://pgproxy-demo.i
 fetched: ``.invalid`` is reserved (RFC 2606) and cannot resolve, and verifiers read ``jwks.json`` from
 disk (see :meth:`DemoIssuer.oidc_config`). Anyone who can read the key file can mint any identity: this is
 for demos and tests, never for production.
+
+:class:`DemoLogin` lets ``pgproxy demo`` sign people in to its web pages without pasting a token: the
+issuer's side of the authorization code flow, whose HTTP endpoints ``pgproxy.web.demo_login`` serves.
+Its login form offers the demo people (:data:`DEMO_PEOPLE`: agent, dba, auditor) instead of asking for a
+password; it accepts one public client (id ``pgproxy``, one ``redirect_uri``), requires PKCE with S256, and issues
+single-use codes that expire after ``code_seconds``. It keeps the codes in memory and does no I/O.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,12 +39,15 @@ from jose import jwt
 
 from pgproxy.auth.oidc import OIDCConfig
 
-__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoIssuer"]
+__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DEMO_PEOPLE", "DemoIssuer", "DemoLogin", "DemoLoginError"]
 
 DEMO_ISSUER = "https://pgproxy-demo.invalid"
 DEMO_AUDIENCE = "pgproxy"
 KEY_FILE = "demo-issuer-key.pem"
 JWKS_FILE = "jwks.json"
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest
+_CODE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 4.1
+_MAX_CODES = 1000
 
 
 class DemoIssuer:
@@ -114,8 +128,9 @@ class DemoIssuer:
         name: str | None = None,
         groups: Sequence[str] = (),
         ttl_seconds: int = 3600,
+        nonce: str | None = None,
     ) -> str:
-        """A signed RS256 token for ``subject``, valid from now for ``ttl_seconds``."""
+        """A signed RS256 token for ``subject``, valid from now for ``ttl_seconds`` (an ID token's ``nonce``)."""
         if not subject:
             raise ValueError("subject must not be empty")
         if ttl_seconds <= 0:
@@ -131,6 +146,8 @@ class DemoIssuer:
             claims["name"] = name
         if groups:
             claims["groups"] = [groups] if isinstance(groups, str) else list(groups)
+        if nonce is not None:
+            claims["nonce"] = nonce
         return jwt.encode(claims, self._pem, algorithm="RS256", headers={"kid": self._kid})
 
     def _write_jwks(self) -> None:
@@ -142,6 +159,125 @@ class DemoIssuer:
         tmp.write_text(body, encoding="utf-8")
         tmp.chmod(0o644)
         tmp.replace(path)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPerson:
+    """Who the demo login form signs in."""
+
+    subject: str
+    email: str
+    name: str
+    groups: tuple[str, ...]
+
+
+DEMO_PEOPLE: Mapping[str, DemoPerson] = {
+    "agent": DemoPerson("agent-x", "agent-x@example.com", "Agent X", ("ai-agents",)),
+    "dba": DemoPerson("dba-dana", "dana@example.com", "Dana (DBA)", ("dba",)),
+    "auditor": DemoPerson("auditor-ali", "ali@example.com", "Ali (auditor)", ("auditors",)),
+}
+
+
+class DemoLoginError(Exception):
+    """A refused request: ``error`` is an OAuth 2.0 error code, ``description`` a sentence safe to show."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """A checked authorization request of the one registered client."""
+
+    redirect_uri: str
+    state: str
+    nonce: str | None
+    code_challenge: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    request: AuthorizationRequest
+    person: DemoPerson
+    expires_at: float
+
+
+class DemoLogin:
+    """The demo issuer's authorization server for one public client (no secret; PKCE instead)."""
+
+    def __init__(
+        self,
+        issuer: DemoIssuer,
+        *,
+        redirect_uri: str,
+        code_seconds: float = 120.0,
+        ttl_seconds: int = 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuer = issuer
+        self.redirect_uri = redirect_uri
+        self.client_id = issuer.audience  # the ID token's aud is the client's id
+        self._code_seconds = code_seconds
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._grants: dict[str, _Grant] = {}
+
+    @property
+    def people(self) -> Mapping[str, DemoPerson]:
+        return DEMO_PEOPLE
+
+    def authorization_request(self, params: Mapping[str, str]) -> AuthorizationRequest:
+        """Check an authorization request's parameters; raise :class:`DemoLoginError` when one is wrong."""
+        if params.get("client_id") != self.client_id:
+            raise DemoLoginError("unauthorized_client", f"the demo issuer knows only client {self.client_id!r}")
+        if params.get("redirect_uri") != self.redirect_uri:
+            raise DemoLoginError("invalid_request", f"redirect_uri must be {self.redirect_uri!r}")
+        if params.get("response_type") != "code":
+            raise DemoLoginError("unsupported_response_type", "only response_type=code is supported")
+        if "openid" not in params.get("scope", "").split():
+            raise DemoLoginError("invalid_scope", "the scope must include openid")
+        challenge = params.get("code_challenge", "")
+        if params.get("code_challenge_method") != "S256" or not _CHALLENGE.fullmatch(challenge):
+            raise DemoLoginError("invalid_request", "PKCE is required: a code_challenge with method S256")
+        state = params.get("state", "")
+        if not state:
+            raise DemoLoginError("invalid_request", "a state is required")
+        return AuthorizationRequest(self.redirect_uri, state, params.get("nonce") or None, challenge)
+
+    def issue_code(self, request: AuthorizationRequest, person: str) -> str:
+        """Sign in the demo ``person`` (a key of :data:`DEMO_PEOPLE`): the redirect URI with code and state."""
+        who = DEMO_PEOPLE.get(person)
+        if who is None:
+            raise DemoLoginError("access_denied", "choose one of the demo people")
+        now = self._clock()
+        self._grants = {code: grant for code, grant in self._grants.items() if grant.expires_at > now}
+        if len(self._grants) >= _MAX_CODES:
+            raise DemoLoginError("temporarily_unavailable", "too many sign-ins in progress; try again shortly")
+        code = secrets.token_urlsafe(32)
+        self._grants[code] = _Grant(request, who, now + self._code_seconds)
+        return f"{request.redirect_uri}?{urlencode({'code': code, 'state': request.state})}"
+
+    def exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
+        """The token response for a code (used at most once, even when the exchange is refused)."""
+        if form.get("grant_type") != "authorization_code":
+            raise DemoLoginError("unsupported_grant_type", "only authorization_code is supported")
+        grant = self._grants.pop(form.get("code", ""), None)
+        if grant is None or grant.expires_at <= self._clock():
+            raise DemoLoginError("invalid_grant", "the code is unknown, used or expired")
+        if form.get("client_id") != self.client_id:
+            raise DemoLoginError("invalid_client", "the code was issued to another client")
+        if form.get("redirect_uri") != grant.request.redirect_uri:
+            raise DemoLoginError("invalid_grant", "redirect_uri differs from the authorization request's")
+        verifier = form.get("code_verifier", "")
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if not _CODE_VERIFIER.fullmatch(verifier) or not hmac.compare_digest(digest, grant.request.code_challenge):
+            raise DemoLoginError("invalid_grant", "the code_verifier does not match the code_challenge")
+        who = grant.person
+        token = self.issuer.mint(who.subject, email=who.email, name=who.name, groups=who.groups,
+                                 ttl_seconds=self._ttl, nonce=grant.request.nonce)
+        return {"access_token": token, "id_token": token, "token_type": "Bearer", "expires_in": self._ttl}
 
 
 def _b64_uint(value: int) -> str:

@@ -11,6 +11,13 @@
   (also ``order=oldest``); ``GET /api/audit/records/{id}`` — a detail as JSON;
 * ``GET /api/audit/export?format=jsonl|csv&…`` — every matching record, streamed as a download;
 * ``GET/POST /login`` (paste a token), ``POST /logout``; ``GET /audit/static/review.css``;
+* given an ``OIDCLogin``, sign-in through the identity provider (``pgproxy.web.oidc_login``): the login
+  page offers "Sign in with …", and ``GET /login?auto=1`` — or any ``GET /login`` when pasting is turned
+  off (``paste_login=False``), except right after signing out — starts the flow; ``GET /oidc/callback``
+  finishes it, sets the same cookie as the paste form and shows a page that continues to ``next`` (a
+  plain redirect would arrive as part of the provider's cross-site navigation, without the
+  ``SameSite=Strict`` cookie); given a ``DemoLogin``, also the demo issuer's endpoints
+  (``pgproxy.web.demo_login``);
 * given an approval desk, the approvals pages and API of ``pgproxy.web.approvals`` (``/approvals``,
   ``/api/approvals``), open to every signed-in person.
 
@@ -29,7 +36,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
@@ -37,15 +43,18 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pgproxy.audit.export import ExportFormat, encode
 from pgproxy.audit.query import FILTER_KEYS, Cursor, Detail, Entry, RecordFilter, parse_filter
 from pgproxy.audit.review import AuditReader, AuditSourceError
+from pgproxy.auth.demo_issuer import DemoLogin
 from pgproxy.web.approvals import ApprovalDesk, add_approval_routes
-from pgproxy.web.auth import MAX_COOKIE_TOKEN, Denied, ReviewerAuth, Verifier, safe_next, same_origin
+from pgproxy.web.auth import MAX_COOKIE_TOKEN, Denied, ReviewerAuth, Verifier, read_form, safe_next, same_origin
+from pgproxy.web.demo_login import add_demo_login_routes
+from pgproxy.web.oidc_login import CALLBACK_PATH, FLOW_COOKIE, OIDCLogin, SignInFailed
 from pgproxy.web.views import STYLESHEET, SecurityHeaders, entry_dicts, error_page, page_url, render
 
 PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_API_LIMIT = 50, 500, 1000
-_MAX_FORM = 64 * 1024
 _LOGIN_MESSAGES = {
-    "expired": "Your token has expired: paste a new one.",
-    "refused": "Your token is no longer accepted: paste a new one.",
+    "expired": "Your sign-in has expired: sign in again.",
+    "refused": "Your token is no longer accepted: sign in again.",
+    "signed_out": "You are signed out.",
 }
 
 
@@ -101,19 +110,6 @@ def _json_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A small urlencoded form body (the login form); ValueError when it is not one."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise ValueError("expected a form (application/x-www-form-urlencoded)")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM:
-            raise ValueError("form too large")
-    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=8)
-    return {key: values[-1] for key, values in fields.items()}
-
-
 def build_web_app(
     *,
     reader_factory: Callable[[], AuditReader],
@@ -121,12 +117,20 @@ def build_web_app(
     reviewer_groups: Sequence[str],
     secure_cookies: bool,
     approvals: ApprovalDesk | None = None,
+    oidc_login: OIDCLogin | None = None,
+    paste_login: bool = True,
+    demo_login: DemoLogin | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The review app; ``verifier`` checks tokens (a ``TokenVerifier``), ``reviewer_groups`` may review.
 
     ``approvals``: also serve the approvals pages and API over this desk, to any signed-in person.
+    ``oidc_login``: also sign people in through the identity provider (its verifier must accept the
+    client id as an audience); ``paste_login=False`` (only with ``oidc_login``) removes the paste form.
+    ``demo_login``: serve the demo issuer's login form and token endpoint (``pgproxy demo`` only).
     """
+    if not paste_login and oidc_login is None:
+        raise ValueError("with paste_login off, give oidc_login: people need a way to sign in")
     auth = ReviewerAuth(verifier, reviewer_groups, secure_cookies=secure_cookies, clock=clock)
     signed_in = ReviewerAuth(verifier, None, secure_cookies=secure_cookies, clock=clock)
     sign_in = auth if approvals is None else signed_in  # who the login form lets in
@@ -164,41 +168,81 @@ def build_web_app(
     async def home() -> Response:
         return RedirectResponse("/audit", status_code=303)
 
+    def login_page(status: int, message: str | None, target: str) -> Response:
+        start = page_url("/login", {"auto": "1", "next": target})
+        return render("login.html", status=status, message=message, next=target, paste=paste_login,
+                      provider=None if oidc_login is None else oidc_login.name, provider_url=start)
+
+    def sign_in_failed(status: int, message: str) -> Response:
+        return render("error.html", status=status, status_code=status, heading="Sign-in failed", message=message,
+                      reviewer=None, retry="/login?auto=1")
+
     @app.get("/login")
     async def login_form(request: Request) -> Response:
         params = request.query_params
+        target = safe_next(params.get("next"))
+        if oidc_login is not None and not params.get("signed_out") and (params.get("auto") or not paste_login):
+            try:
+                started = await oidc_login.start(target)
+            except SignInFailed as exc:
+                return sign_in_failed(exc.status, exc.reason)
+            response = RedirectResponse(started.location, status_code=303)
+            oidc_login.set_flow_cookie(response, started.flow_cookie, secure=secure_cookies)
+            return response
         message = next((text for key, text in _LOGIN_MESSAGES.items() if params.get(key)), None)
-        return render("login.html", message=message, next=safe_next(params.get("next")))
+        return login_page(200, message, target)
 
     @app.post("/login")
     async def login(request: Request) -> Response:
+        if not paste_login:
+            return error_page(404, "Not found", "pasting a token is turned off: sign in through the identity provider")
         if not same_origin(request):
             return error_page(403, "Refused", "this form was sent from another site")
         try:
-            form = await _form(request)
+            form = await read_form(request)
         except ValueError as exc:
             return error_page(400, "Bad request", str(exc))
         token, target = form.get("token", "").strip(), safe_next(form.get("next"))
         if not token:
-            return render("login.html", status=401, message="Paste a token to sign in.", next=target)
+            return login_page(401, "Paste a token to sign in.", target)
         if len(token) > MAX_COOKIE_TOKEN:
             message = "This token is too large for a browser cookie; use the API with Authorization: Bearer."
-            return render("login.html", status=400, message=message, next=target)
+            return login_page(400, message, target)
         try:
             identity = await sign_in.check(token)
         except Denied as exc:
             if exc.status == 401:
-                return render("login.html", status=401, message=exc.reason, next=target)
+                return login_page(401, exc.reason, target)
             return error_page(exc.status, "Not a reviewer" if exc.status == 403 else "Unavailable", exc.reason)
         response = RedirectResponse(target, status_code=303)
         auth.set_cookie(response, token, identity)
+        return response
+
+    @app.get(CALLBACK_PATH)
+    async def oidc_callback(request: Request) -> Response:
+        if oidc_login is None:
+            return error_page(404, "Not found", "sign-in through an identity provider is not configured")
+        response: Response
+        try:
+            signed = await oidc_login.finish(request.query_params, request.cookies.get(FLOW_COOKIE))
+            if len(signed.token) > MAX_COOKIE_TOKEN:
+                raise SignInFailed(400, "the ID token is too large for a browser cookie; use the API instead")
+            identity = sign_in.admit(signed.identity)
+        except SignInFailed as exc:
+            response = sign_in_failed(exc.status, exc.reason)
+        except Denied as exc:
+            response = error_page(exc.status, "Not a reviewer", exc.reason)
+        else:
+            response = render("signed_in.html", reviewer=identity, next=signed.next)
+            auth.set_cookie(response, signed.token, identity)
+        oidc_login.clear_flow_cookie(response, secure=secure_cookies)  # single use, whatever happened
         return response
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
         if not same_origin(request):
             return error_page(403, "Refused", "this form was sent from another site")
-        response = RedirectResponse("/login", status_code=303)
+        response = RedirectResponse("/login" if oidc_login is None else "/login?signed_out=1", status_code=303)
         auth.clear_cookie(response)
         return response
 
@@ -272,5 +316,7 @@ def build_web_app(
 
     if approvals is not None:
         add_approval_routes(app, desk=approvals, auth=signed_in, clock=clock)
+    if demo_login is not None:
+        add_demo_login_routes(app, demo_login)
     return app
 

@@ -2,7 +2,8 @@
 of any person the identity provider vouches for), checked on every request.
 
 A request carries its token as ``Authorization: Bearer <token>`` (API clients) or in the ``pgproxy_review``
-cookie that ``POST /login`` sets after a reviewer pasted a token into the login form: ``HttpOnly`` (no
+cookie, set by ``POST /login`` after a reviewer pasted a token into the login form, or by ``GET
+/oidc/callback`` with the ID token of a sign-in through the identity provider: ``HttpOnly`` (no
 script reads it), ``SameSite=Strict`` (no other site's page sends it, which also stops cross-site request
 forgery), ``Secure`` when configured (always, behind HTTPS), ``Path=/``, and expiring with the token. The
 cookie holds the token itself, never a session of ours, so :meth:`ReviewerAuth.authenticate` verifies it
@@ -25,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Request, Response
 
@@ -101,6 +102,10 @@ class ReviewerAuth:
             raise Denied(503, "the identity provider's signing keys cannot be loaded now; try again") from None
         except TokenRejected as exc:
             raise Denied(401, f"token refused: {exc.reason}", expired=exc.reason == "token expired") from None
+        return self.admit(identity)
+
+    def admit(self, identity: Identity) -> Identity:
+        """``identity`` (already verified) if it names a reviewer when groups are required, else Denied 403."""
         if self._groups is not None and self._groups.isdisjoint(identity.groups):
             raise Denied(403, f"{identity.display} is not in a reviewer group of this audit log")
         return identity
@@ -116,6 +121,19 @@ class ReviewerAuth:
 
     def clear_cookie(self, response: Response) -> None:
         response.delete_cookie(COOKIE, path="/", secure=self._secure, httponly=True, samesite="strict")
+
+
+async def read_form(request: Request, *, max_fields: int = 8, max_bytes: int = 64 * 1024) -> dict[str, str]:
+    """A small urlencoded form body (the login forms); ValueError when it is not one."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise ValueError("expected a form (application/x-www-form-urlencoded)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ValueError("form too large")
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=max_fields)
+    return {key: values[-1] for key, values in fields.items()}
 
 
 def same_origin(request: Request) -> bool:

@@ -8,11 +8,13 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -176,13 +178,29 @@ def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == ["3", "agent-x@example.com via pgproxy (psql)"]
-        refused = subprocess.run(
+        # The agent's DROP TABLE waits for approval; a DBA denies it through the review page's API.
+        held = subprocess.Popen(
             ["psql", "-X", "-At", conninfo, "-c", "DROP TABLE orders"],
-            env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, capture_output=True, text=True, timeout=60,
-            check=False,
+            env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
         )
-        assert refused.returncode != 0
-        assert "approval required" in refused.stderr and "agents-ddl-and-exports" in refused.stderr
+        dba = subprocess.run([*PGPROXY, "token", "--sub", "dba-dana", "--email", "dana@example.com", "--group", "dba",
+                              "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                             env=clean_env(), check=True).stdout.strip()
+        trust = ssl.create_default_context(cafile=str(tmp_path / "tls" / "server.crt"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{web_port}", verify=trust, timeout=30,
+                          headers={"Authorization": f"Bearer {dba}"}) as api:
+            pending: list[dict[str, object]] = []
+            deadline = time.monotonic() + 60
+            while not pending and time.monotonic() < deadline:
+                pending = api.get("/api/approvals", params={"state": "pending"}).json()["requests"]
+                time.sleep(0.1)
+            assert pending, "the agent's DROP TABLE was not held for approval"
+            denied = api.post(f"/api/approvals/{pending[0]['id']}/deny", json={"reason": "not in the demo"})
+            assert denied.status_code == 200, denied.text
+        _, stderr = held.communicate(timeout=60)
+        assert held.returncode != 0
+        assert "waits for approval request" in stderr and "denied by dana@example.com: not in the demo" in stderr
         # Both sessions are in the demo's audit log, with the decision and rule of each statement.
         logged = subprocess.run([*PGPROXY, "audit", "search", "--jsonl", str(tmp_path / "audit.jsonl"),
                                  "--identity", "agent-x@example.com", "--kind", "statement", "--json"],

@@ -9,6 +9,10 @@ unknown keys) can be forged.
 Counters ``jwks_requests`` and ``discovery_requests`` let tests check the verifier's refetch rate limit;
 ``jwks_status``, ``discovery_issuer`` and ``jwks_redirect`` simulate an outage, a lying discovery
 document and a redirect.
+
+It also signs people in to web pages: ``/authorize`` and ``/token`` run the authorization code flow with
+PKCE for clients registered with :meth:`FakeIdP.register_client`; ``next_login`` says who signs in next
+(see ``tests.support.fake_idp_flow``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from pgproxy.auth.oidc import OIDCConfig
+from tests.support.fake_idp_flow import Client, CodeFlow
 
 __all__ = ["FakeIdP", "SigningKey", "b64url", "encode_jwt"]
 
@@ -96,10 +101,25 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    def _idp(self) -> FakeIdP:
+        assert isinstance(self.server, _Server)
+        return self.server.idp
+
     def do_GET(self) -> None:
-        idp = self.server.idp if isinstance(self.server, _Server) else None
-        assert idp is not None
-        status, document = idp._respond(self.path)
+        path, _, query = self.path.partition("?")
+        if path == "/authorize":
+            self._answer(*self._idp().flow.authorize(query))
+        else:
+            self._answer(*self._idp()._respond(self.path))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path == "/token":
+            self._answer(*self._idp().flow.token(body, self.headers.get("authorization")))
+        else:
+            self._answer(404, {"error": "not found"})
+
+    def _answer(self, status: int, document: object) -> None:
         body = json.dumps(document).encode()
         self.send_response(status)
         if status == 302 and isinstance(document, dict):
@@ -123,6 +143,11 @@ class FakeIdP:
         self.jwks_status = 200
         self.discovery_issuer: str | None = None
         self.jwks_redirect: str | None = None
+        self.next_login: dict[str, Any] | None = None  # who /authorize signs in next
+        self.authorize_error: str | None = None  # else /authorize answers this error
+        self.token_status = 200  # else /token fails with this status
+        self.id_token_claims: dict[str, Any] = {}  # merged into every ID token /token issues
+        self.flow = CodeFlow(self)
         self._lock = threading.Lock()
         self._keys = [SigningKey("rsa-1", rsa.generate_private_key(public_exponent=65537, key_size=2048))]
         self._ec_key = SigningKey("ec-1", ec.generate_private_key(ec.SECP256R1()))
@@ -191,11 +216,18 @@ class FakeIdP:
         settings: dict[str, Any] = {"issuer": self.issuer, "audience": (self.audience,)}
         return OIDCConfig(**{**settings, **overrides})
 
+    def register_client(self, client_id: str, redirect_uri: str, secret: str | None = None) -> Client:
+        """A web client that may sign people in here (registering again replaces it)."""
+        return self.flow.register(client_id, redirect_uri, secret)
+
     def _respond(self, path: str) -> tuple[int, object]:
         with self._lock:
             if path == "/.well-known/openid-configuration":
                 self.discovery_requests += 1
                 return 200, {"issuer": self.discovery_issuer or self.issuer, "jwks_uri": self.jwks_url,
+                             "authorization_endpoint": f"{self.issuer}/authorize",
+                             "token_endpoint": f"{self.issuer}/token",
+                             "code_challenge_methods_supported": ["S256"],
                              "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256"]}
             if path == "/jwks.json":
                 self.jwks_requests += 1
