@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import asyncpg
 from slack_sdk.web.async_client import AsyncWebClient
 
 from pgproxy.approvals.directory import ApproverDirectory
@@ -81,7 +82,13 @@ def build_approvals(settings: Settings) -> ApprovalService:
     store = ApprovalStore(dsn, schema=settings.audit_schema) if dsn is not None else None
     if store is None:
         log.warning("approval requests live in this process only (set approvals_dsn or audit_dsn to share them)")
-    return ApprovalService(store, approve_at=settings.approve_at)
+    target = settings.upstream
+
+    def estimate_connect(database: str) -> Awaitable[asyncpg.Connection]:
+        """pgproxy's own login, for EXPLAIN-based estimates of held writes (see approvals/estimate.py)."""
+        return asyncpg.connect(target, database=database)
+
+    return ApprovalService(store, approve_at=settings.approve_at, estimate_connect=estimate_connect)
 
 
 @dataclass(frozen=True, slots=True)

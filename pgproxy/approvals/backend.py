@@ -8,6 +8,8 @@ meaning:
 * every change goes through the pure model (``pgproxy.approvals.model``): a vote by its rules, refused
   with :class:`~pgproxy.approvals.model.VoteRefused`; a vote when ``now`` is at or after the deadline
   expires the request and is refused; expiry of every due request; withdrawal of a pending one;
+* a "return now" approval (a request with a ``statement_digest``) is found by digest and requester
+  (``find_approved``, ``find_pending``; same issuer and subject) and used once (``consume``, atomic);
 * channel bookkeeping (a Slack message's ``ts``) is merged into ``request.extra`` by ``set_extra``;
 * an unknown id raises the store's :class:`~pgproxy.approvals.store.RequestNotFound` (reading returns None);
 * every change is announced to the :meth:`~MemoryBackend.listen` callbacks with the request id, on the
@@ -31,6 +33,7 @@ from typing import Protocol
 
 from pgproxy.approvals.model import ApprovalRequest, RequestState, Vote, VoteRefused
 from pgproxy.approvals.store import RequestNotFound
+from pgproxy.auth.identity import Identity
 
 __all__ = ["ApprovalBackend", "Listening", "MemoryBackend", "MemoryListener", "Requests"]
 
@@ -56,9 +59,12 @@ class ApprovalBackend(Protocol):
     async def vote(self, request_id: str, vote: Vote, now: float) -> ApprovalRequest: ...
     async def expire_due(self, now: float) -> Requests: ...
     async def withdraw(self, request_id: str, now: float) -> ApprovalRequest: ...
+    async def consume(self, request_id: str, now: float) -> ApprovalRequest | None: ...
     async def set_extra(self, request_id: str, values: Mapping[str, str]) -> ApprovalRequest: ...
     async def get(self, request_id: str) -> ApprovalRequest | None: ...
     async def list(self, *, states: Iterable[RequestState] | None = None, limit: int = 100) -> Requests: ...
+    async def find_approved(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None: ...
+    async def find_pending(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None: ...
     async def listen(
         self, callback: Callable[[str], object], *, on_reconnect: Callable[[], object] | None = None
     ) -> Listening: ...
@@ -92,6 +98,7 @@ class MemoryBackend:
         self.replica = replica
         self._requests: dict[str, ApprovalRequest] = {}
         self._holders: dict[str, str | None] = {}
+        self._consumed: dict[str, float] = {}  # "return now" requests used, and when
         self._listeners: list[MemoryListener] = []
 
     async def open(self) -> None:
@@ -104,6 +111,7 @@ class MemoryBackend:
         """Another replica's backend on the same requests and notifications (as two stores on one schema)."""
         other = MemoryBackend(replica=replica)
         other._requests, other._holders, other._listeners = self._requests, self._holders, self._listeners
+        other._consumed = self._consumed
         return other
 
     # -- changes -------------------------------------------------------------------------------------
@@ -144,6 +152,16 @@ class MemoryBackend:
         self._replace(request, after)
         return after
 
+    async def consume(self, request_id: str, now: float) -> ApprovalRequest | None:
+        """Use an approved "return now" request once: the request if this call used it, else None (not
+        approved, no statement digest, already used, or ``now`` at or after its ``expires_at``)."""
+        request = self._requests.get(request_id)
+        if request is None or not self._usable(request, now):
+            return None
+        self._consumed[request_id] = now
+        self._notify(request_id)
+        return request
+
     async def set_extra(self, request_id: str, values: Mapping[str, str]) -> ApprovalRequest:
         """Merge ``values`` into the request's ``extra`` (channel bookkeeping); raises :class:`RequestNotFound`."""
         request = self._found(request_id)
@@ -175,6 +193,18 @@ class MemoryBackend:
         chosen.sort(key=lambda request: (request.created_at, request.id), reverse=True)
         return chosen[: max(limit, 0)]
 
+    async def find_approved(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None:
+        """An approved, unused request of ``requester`` for this digest before its ``expires_at``; latest decided."""
+        found = [r for r in self._requests.values() if r.statement_digest == statement_digest
+                 and _same(r.requester, requester) and self._usable(r, now)]
+        return max(found, key=lambda r: (r.decided_at or 0.0, r.id), default=None)
+
+    async def find_pending(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None:
+        """A pending request of ``requester`` for this digest before its ``expires_at``; the newest."""
+        found = [r for r in self._requests.values() if r.statement_digest == statement_digest
+                 and _same(r.requester, requester) and r.state is RequestState.PENDING and now < r.expires_at]
+        return max(found, key=lambda r: (r.created_at, r.id), default=None)
+
     # -- notifications -------------------------------------------------------------------------------
     async def listen(
         self, callback: Callable[[str], object], *, on_reconnect: Callable[[], object] | None = None
@@ -195,6 +225,10 @@ class MemoryBackend:
             raise RequestNotFound(request_id)
         return request
 
+    def _usable(self, request: ApprovalRequest, now: float) -> bool:
+        return (request.state is RequestState.APPROVED and request.statement_digest is not None
+                and request.id not in self._consumed and now < request.expires_at)
+
     def _replace(self, before: ApprovalRequest, after: ApprovalRequest) -> None:
         if after is before:
             return  # the model returns the request itself when nothing changed: nothing to announce
@@ -205,3 +239,8 @@ class MemoryBackend:
         loop = asyncio.get_running_loop()
         for listener in list(self._listeners):
             loop.call_soon(listener.deliver, request_id)
+
+
+def _same(a: Identity, b: Identity) -> bool:
+    """The store's test for the requester of a "return now" request: same issuer and subject."""
+    return (a.issuer, a.subject) == (b.issuer, b.subject)

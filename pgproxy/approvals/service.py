@@ -37,50 +37,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import asyncpg
+
 from pgproxy.approvals.backend import ApprovalBackend, Listening, MemoryBackend, Requests
-from pgproxy.approvals.model import ApprovalRequest, RequestContext, RequestState, Vote, VoteRefused
+from pgproxy.approvals.estimate import estimate_rows
+from pgproxy.approvals.model import ApprovalRequest, RequestState, Vote, VoteRefused
+from pgproxy.approvals.requesting import Requester, answer_now, open_request, stated_reason, verdict_of
 from pgproxy.approvals.store import RequestNotFound
-from pgproxy.auth.identity import Identity
 from pgproxy.gate.holds import Hold, Verdict
 
 __all__ = ["ApprovalBackend", "ApprovalService", "PendingApproval", "RequestNotFound", "Requester", "stated_reason",
            "verdict_of"]
 
 log = logging.getLogger(__name__)
+EstimateConnect = Callable[[str], Awaitable[asyncpg.Connection]]  # database name → pgproxy's own connection
 
-# A caller states why it runs a statement in a leading comment: /* reason: rotate the partition */
-_STATED_REASON = re.compile(r"^\s*/\*\s*reason\s*:\s*(?P<reason>.*?)\s*\*/", re.IGNORECASE | re.DOTALL)
-_REASON_LIMIT = 500
 _BACKEND_TIMEOUT = 10.0  # seconds one backend call on behalf of a waiting client may take
 _CLOSE_GRACE = 5.0  # seconds close() lets pending writes (withdrawals of ending sessions) finish
-
-
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """The session a held statement comes from."""
-
-    identity: Identity
-    database: str
-    client_address: str | None
-    application_name: str | None
-    upstream_role: str | None
-    session_id: str | None = None
-
-
-def stated_reason(sql: str, application_name: str | None) -> str | None:
-    """The caller's stated reason: a leading ``/* reason: … */`` comment, else its application_name."""
-    found = _STATED_REASON.match(sql)
-    if found is not None and found["reason"]:
-        return found["reason"][:_REASON_LIMIT]
-    return application_name[:_REASON_LIMIT] if application_name else None
 
 
 @dataclass(eq=False)
@@ -91,9 +71,11 @@ class PendingApproval:
     notice: str
     verdict: asyncio.Future[Verdict]
     _service: ApprovalService = field(repr=False)
+    returns: bool = False  # "return now": the client is answered at once; its request outlives the session
 
     def withdraw(self) -> None:
-        self._service.withdraw(self.request_id)
+        if not self.returns:
+            self._service.withdraw(self.request_id)
 
 
 @dataclass(eq=False, slots=True)
@@ -111,7 +93,7 @@ class ApprovalService:
 
     def __init__(self, store: ApprovalBackend | None = None, *, approve_at: str | None = None,
                  replica: str | None = None, clock: Callable[[], float] = time.time,
-                 sweep_seconds: float = 1.0) -> None:
+                 sweep_seconds: float = 1.0, estimate_connect: EstimateConnect | None = None) -> None:
         backend: ApprovalBackend = store if store is not None else MemoryBackend()
         if replica is not None and backend.replica not in (None, replica):
             raise ValueError(f"the store belongs to replica {backend.replica!r}, not {replica!r}")
@@ -130,6 +112,7 @@ class ApprovalService:
         self._sweeper: asyncio.Task[None] | None = None
         self._listening: Listening | None = None
         self._started = self._closed = False
+        self._estimate_connect = estimate_connect  # database → a connection for EXPLAIN-based row estimates
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,35 +150,31 @@ class ApprovalService:
         await self._backend.close()
 
     # -- the relay's side ----------------------------------------------------------------------
-    def request(self, hold: Hold, requester: Requester) -> PendingApproval:
-        """Open a request for ``hold``; it is stored in the background (a failure resolves the future)."""
+    def request(self, hold: Hold, requester: Requester, *, return_now: bool = False) -> PendingApproval:
+        """Open a request for ``hold``; it is stored in the background (a failure resolves the future).
+
+        With ``return_now`` the future resolves as soon as the backend answers (:func:`answer_now`): the
+        statement approved once, or refused naming the request it waits for; the notice is empty."""
         if self._closed:
             raise RuntimeError("the approval service is closed")
         decision = hold.decision
         assert decision.approval is not None, "only require-approval decisions are held"
         statement = decision.statement
-        sql = hold.source.text if hold.source is not None else f"({hold.message} {statement.command})"
-        context = RequestContext(
-            client_address=requester.client_address,
-            application_name=requester.application_name,
-            database=requester.database,
-            upstream_role=requester.upstream_role,
-            sql=sql,
-            category=statement.category.value,
-            command=statement.command,
-            relations=tuple(sorted({str(r) for s in hold.statements for r in s.relations})),
-            rule_id=decision.rule_id,
-            stated_reason=stated_reason(sql, requester.application_name),
-        )
         now = self._clock()
-        request = ApprovalRequest.open(
-            requester.identity, decision.approval, context, now=now, session_id=requester.session_id
-        )
+        request = open_request(hold, requester, now, return_now=return_now)
+        if return_now:
+            future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+            self._spawn(self._answer_now(request, future))
+            return PendingApproval(request.id, "", future, self, returns=True)
         loop = asyncio.get_running_loop()
         held = _Held(loop.create_future(), request.expires_at)
         self._held[request.id] = held
         held.timer = loop.call_later(max(0.0, request.expires_at - now), self._deadline, request.id)
-        held.creating = self._spawn(self._create(request, requester))
+        estimate: Callable[[], Awaitable[str | None]] | None = None
+        if request.context.impact is None and (connect := self._estimate_connect) is not None:
+            database, role, sql = requester.database, requester.upstream_role, hold.raw_text or request.context.sql
+            estimate = lambda: estimate_rows(lambda: connect(database), sql, role=role)  # noqa: E731
+        held.creating = self._spawn(self._create(request, requester, estimate))
         where = f"; approve or deny it at {self.approve_at}" if self.approve_at else ""
         notice = (
             f"pgproxy: {statement.command} needs {decision.approval.describe()} (rule {decision.rule_id});"
@@ -240,7 +219,11 @@ class ApprovalService:
         self._listeners.append(listener)
 
     # -- writing ---------------------------------------------------------------------------------
-    async def _create(self, request: ApprovalRequest, requester: Requester) -> None:
+    async def _create(
+        self, request: ApprovalRequest, requester: Requester, estimate: Callable[[], Awaitable[str | None]] | None
+    ) -> None:
+        if estimate is not None and (impact := await estimate()) is not None:  # bounded: never raises
+            request = replace(request, context=replace(request.context, impact=impact))
         try:
             async with asyncio.timeout(_BACKEND_TIMEOUT):
                 await self._backend.create(request)
@@ -255,6 +238,24 @@ class ApprovalService:
         log.info("approval request %s opened for %s: %s", request.id, requester.identity.display,
                  request.context.sql[:200])
         self._changed(request)
+
+    async def _answer_now(self, fresh: ApprovalRequest, future: asyncio.Future[Verdict]) -> None:
+        try:
+            async with asyncio.timeout(_BACKEND_TIMEOUT):
+                verdict, opened = await answer_now(self._backend, fresh, fresh.created_at)
+        except Exception as exc:
+            log.error("return-now approval for %s failed: %s", fresh.requester.display, exc)
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(verdict)
+        if opened:
+            log.info("approval request %s opened (return now) for %s: %s", fresh.id, fresh.requester.display,
+                     fresh.context.sql[:200])
+            self._changed(fresh)
+        elif verdict.approved:
+            log.info("approval request %s used (return now) by %s", verdict.request_id, fresh.requester.display)
 
     async def _withdraw(self, request_id: str) -> None:
         held = self._held.get(request_id)
@@ -379,19 +380,6 @@ class ApprovalService:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("approval task failed", exc_info=task.exception())
-
-
-def verdict_of(request: ApprovalRequest) -> Verdict:
-    """The gate's view of a decided request."""
-    denial = request.denial
-    return Verdict(
-        request_id=request.id,
-        approved=request.state is RequestState.APPROVED,
-        approvers=request.approvers,
-        expired=request.state in (RequestState.EXPIRED, RequestState.WITHDRAWN),
-        denied_by=(denial.voter.email or denial.voter.display) if denial is not None else None,
-        reason=denial.reason if denial is not None else None,
-    )
 
 
 def _default_replica() -> str:

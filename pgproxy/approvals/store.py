@@ -219,14 +219,17 @@ class ApprovalStore:
     async def find_approved(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None:
         """An approved request of ``requester`` (same issuer and subject) for this digest, unused and before its
         ``expires_at``; the latest decided. :meth:`consume` is what makes the approval single-use."""
+        return await self._by_digest("state = 'approved' AND consumed_at IS NULL", statement_digest, requester, now)
+
+    async def find_pending(self, statement_digest: str, requester: Identity, now: float) -> ApprovalRequest | None:
+        """A pending request of ``requester`` (same issuer and subject) for this digest before its ``expires_at``."""
+        return await self._by_digest("state = 'pending'", statement_digest, requester, now)
+
+    async def _by_digest(self, state: str, digest: str, requester: Identity, now: float) -> ApprovalRequest | None:
         found = await self._read(
-            "WHERE statement_digest = $1 AND state = 'approved' AND consumed_at IS NULL AND requester_issuer = $2 "
-            "AND requester_subject = $3 AND $4 < expires_at ORDER BY decided_at DESC, id LIMIT 1",
-            statement_digest,
-            requester.issuer,
-            requester.subject,
-            now,
-        )
+            f"WHERE statement_digest = $1 AND {state} AND requester_issuer = $2 AND requester_subject = $3 AND "
+            "$4 < expires_at ORDER BY decided_at DESC NULLS LAST, created_at DESC, id LIMIT 1",
+            digest, requester.issuer, requester.subject, now)  # fmt: skip
         return found[0] if found else None
 
     # -- notifications -------------------------------------------------------------------------------
@@ -306,14 +309,8 @@ class ApprovalStore:
 class ApprovalListener:
     """One LISTEN kept alive on its own connection (see :meth:`ApprovalStore.listen`)."""
 
-    def __init__(
-        self,
-        connect: ConnectionFactory,
-        channel: str,
-        callback: Callable[[str], object],
-        on_reconnect: Callable[[], object] | None = None,
-        check_interval: float = 30.0,
-    ) -> None:
+    def __init__(self, connect: ConnectionFactory, channel: str, callback: Callable[[str], object],
+                 on_reconnect: Callable[[], object] | None = None, check_interval: float = 30.0) -> None:
         self.channel = channel
         self.reconnections = 0
         self._connect = connect

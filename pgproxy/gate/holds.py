@@ -13,7 +13,9 @@ the server has not confirmed, and the relay keeps that message and everything af
 * **denied** → refused in place by a stand-in (``denial``) with SQLSTATE 42501, naming who denied and why;
 * **expired** → refused in place with SQLSTATE 57014, as a statement timeout is;
 * **cancelled** by the client (a cancel request while it waits) → withdrawn, refused with 57014 as any
-  cancelled statement is.
+  cancelled statement is;
+* **returned** (a "return now" session, which does not wait) → refused at once with 42501, naming the
+  pending request: the client sends the identical statement (same ``Hold.digest``) again once it is approved.
 
 A verdict applies to the one held message it answers (by position: the first require-approval message
 judged after it); it is never a standing permission. Sans-IO and pure.
@@ -21,6 +23,8 @@ judged after it); it is never a standing permission. Sans-IO and pure.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass, replace
 
 from pgproxy.policy.engine import Decision, Effect
@@ -38,6 +42,11 @@ class Hold:
     statements: tuple[Statement, ...]
     message: str  # "Query", "Parse", "Bind" or "FunctionCall"
     source: StatementSource | None  # its text (literals redacted when configured) and fingerprint
+    # sha256 (hex) over the message kind, the database and the client's exact bytes of it (names left out):
+    # what a "return now" approval is bound to
+    digest: str | None = None
+    # The statement's exact text, literals included: never shown to anyone, only EXPLAINed for an estimate
+    raw_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,8 @@ class Verdict:
     cancelled: bool = False  # the client sent a cancel request while it waited
     denied_by: str | None = None
     reason: str | None = None  # the denier's reason
+    returned: bool = False  # a "return now" session: the request waits for approval, the client does not
+    expires_at: float | None = None  # when a returned request expires (epoch seconds)
 
     def refusal(self, held: Decision) -> tuple[Decision, str]:
         """The decision to answer a refused held message with, and its SQLSTATE."""
@@ -61,11 +72,39 @@ class Verdict:
             reason = f"approval request {self.request_id} expired without a decision; the statement was not run"
             hint = f"ask {held.approval.describe() if held.approval else 'an approver'} sooner, or send it again"
             return replace(held, effect=Effect.DENY, reason=reason, hint=hint), EXPIRED_SQLSTATE
+        if self.returned:
+            before = f" (before {_utc(self.expires_at)})" if self.expires_at is not None else ""
+            reason = (f"approval request {self.request_id} is waiting for approval; send the same statement again"
+                      f" once it is approved{before}")
+            needs = f"it needs {held.approval.describe()}" if held.approval else None
+            return replace(held, effect=Effect.DENY, reason=reason, hint=needs), DENIED_SQLSTATE
         who = self.denied_by or "an approver"
         reason = f"approval request {self.request_id} was denied by {who}"
         if self.reason:
             reason += f": {self.reason}"
         return replace(held, effect=Effect.DENY, reason=reason, hint=None), DENIED_SQLSTATE
+
+
+def message_digest(kind: bytes, database: str, *parts: bytes) -> str:
+    """What a "return now" approval is bound to (``Hold.digest``): the message kind, the database and the
+    client's exact bytes, each length-prefixed so that no two different messages share a digest."""
+    digest = hashlib.sha256(kind)
+    for part in (database.encode("utf-8", "surrogateescape"), *parts):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def bound_text(statement: Statement) -> bytes:
+    """The statement a Bind binds, for its digest: its text when known, else its command and relations."""
+    if statement.source is not None and statement.source.text:
+        return statement.source.text.encode("utf-8", "surrogateescape")
+    text = " ".join((statement.command, *sorted(str(relation) for relation in statement.relations)))
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 class Holds:

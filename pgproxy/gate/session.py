@@ -23,7 +23,7 @@ from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
 from pgproxy.gate.barrier import SettingsBarrier, barrier_decision
 from pgproxy.gate.fastpath import fast_path_statement
-from pgproxy.gate.holds import Hold, Holds, Verdict
+from pgproxy.gate.holds import Hold, Holds, Verdict, bound_text, message_digest
 from pgproxy.gate.judge import Judge, PolicySource
 from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
@@ -135,7 +135,8 @@ class SessionGate:
             decision = self.judge.verdict(statements)
             verdict = None
             if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
-                verdict = self._settle(decision, statements, "Query", text, key)
+                digest = message_digest(b"Q", self.database, data[start:end])
+                verdict = self._settle(decision, statements, "Query", text, key, digest=digest)
                 if verdict is None:
                     return _WAIT
                 decision = None if verdict.approved else decision
@@ -161,7 +162,9 @@ class SessionGate:
             meaning = meaning_of(statements)
             verdict = None
             if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
-                verdict = self._settle(decision, statements, "Parse", text, key)
+                # its text and parameter types: not its name
+                digest = message_digest(b"P", self.database, data[name_end + 1 : end])
+                verdict = self._settle(decision, statements, "Parse", text, key, digest=digest)
                 if verdict is None:
                     return _WAIT
                 decision = None if verdict.approved else decision
@@ -192,7 +195,8 @@ class SessionGate:
             verdict = None
             if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
                 verdict = self.holds.approved_bind(name, statement) or self._settle(
-                    decision, (statement,), "Bind", statement.source, None
+                    decision, (statement,), "Bind", statement.source, None,
+                    digest=message_digest(b"B", self.database, data[name_end + 1 : end], bound_text(statement)),
                 )
                 if verdict is None:
                     return _WAIT
@@ -293,13 +297,16 @@ class SessionGate:
         message: str,
         text: str | Statement | StatementSource | None,
         key: str | None,
+        *,
+        digest: str,
     ) -> Verdict | None:
         """The approvers' verdict on this held message, or None: hold it (the relay asks them)."""
+        raw = text if isinstance(text, str) else None
         if isinstance(text, StatementSource) or text is None:
             source = text
         else:
             source = trail_source(text, key, len(statements), True)  # approvers see no literals
-        return self.holds.settle(Hold(decision, statements, message, source))
+        return self.holds.settle(Hold(decision, statements, message, source, digest, raw))
 
     def _stand_in(self, decision: Decision, build: Callable[[str], bytes], verdict: Verdict | None = None) -> bytes:
         if verdict is not None and not verdict.approved:

@@ -324,7 +324,8 @@ class ClientConnection:
             return None
         requester = Requester(identity, startup.database, client_address(self.peer), startup.application_name,
                               profile.upstream_role, self.records.session_id)
-        return lambda hold: service.request(hold, requester)
+        return_now = startup.approval_mode == "return"
+        return lambda hold: service.request(hold, requester, return_now=return_now)
 
 
     def _schedule_expiry(self, identity: Identity) -> None:

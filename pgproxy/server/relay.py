@@ -227,7 +227,8 @@ class Relay:
             return
         self._approval = pending
         self._hold = hold
-        self.client.write(be.NoticeResponse.build("NOTICE", "00000", pending.notice).encode())
+        if pending.notice:  # none for a "return now" session: its refusal names the request
+            self.client.write(be.NoticeResponse.build("NOTICE", "00000", pending.notice).encode())
         pending.verdict.add_done_callback(self._approvers_decided)
 
     def cancel_hold(self) -> None:

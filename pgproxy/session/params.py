@@ -3,6 +3,8 @@
 A startup parameter is a GUC set before the first statement, so it is a way around statement-level
 policy (``options=-c role=admin``, ``search_path``, ``default_transaction_read_only``). Only settings
 that change presentation or timeouts pass; anything else refuses the connection with a reason.
+``pgproxy.approval`` (``wait``, the default, or ``return``) is pgproxy's own: how a statement that needs
+approval is answered in this session (see docs/approvals.md); it is never passed upstream.
 Pure functions: no I/O.
 """
 
@@ -33,6 +35,8 @@ PASSABLE_SETTINGS = frozenset(
 )
 # Startup keys that are not settings: handled by the proxy itself.
 PROXY_KEYS = frozenset({"user", "database", "options", "replication"})
+APPROVAL_SETTING = "pgproxy.approval"
+APPROVAL_MODES = ("wait", "return")  # wait for the approvers' verdict, or be refused at once naming the request
 APPLICATION_NAME_MAX = 63  # NAMEDATALEN - 1: the server truncates beyond this
 
 
@@ -53,6 +57,7 @@ class ClientStartup:
     database: str
     settings: tuple[tuple[str, str], ...]  # passable settings, lower-cased names, in client order
     application_name: str | None
+    approval_mode: str = "wait"  # one of APPROVAL_MODES
 
 
 def parse_options(options: str) -> list[tuple[str, str]]:
@@ -111,8 +116,16 @@ def vet_startup(parameters: tuple[tuple[str, str], ...]) -> ClientStartup:
         settings.extend(parse_options(given["options"]))
     vetted: list[tuple[str, str]] = []
     application_name = None
+    approval_mode = "wait"
     for name, value in settings:
         key = name.lower()
+        if key == APPROVAL_SETTING:
+            approval_mode = value.strip().lower()
+            if approval_mode not in APPROVAL_MODES:
+                raise StartupRefused(
+                    f"invalid value for {APPROVAL_SETTING}: {value!r} (use 'wait' or 'return')", "22023"
+                )
+            continue
         if key not in PASSABLE_SETTINGS:
             raise StartupRefused(
                 f"startup parameter {name!r} is not allowed through pgproxy; "
@@ -122,7 +135,7 @@ def vet_startup(parameters: tuple[tuple[str, str], ...]) -> ClientStartup:
             application_name = value
         else:
             vetted.append((key, value))
-    return ClientStartup(user, database, tuple(vetted), application_name)
+    return ClientStartup(user, database, tuple(vetted), application_name, approval_mode)
 
 
 def stamped_application_name(identity_display: str, client_application: str | None) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from pgproxy.audit import Decision, RecordKind
@@ -22,7 +23,7 @@ from tests.integration.test_approval_holds import (
     scratch_table,
     write_policies,
 )
-from tests.support.pg_plugin import RealPostgres
+from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
 from tests.support.proxy_plugin import ProxyFactory
 
 pytestmark = pytest.mark.integration
@@ -76,3 +77,54 @@ def _audit(dsn: str) -> list:  # type: ignore[type-arg]
     from pgproxy.audit.postgres import PostgresAuditStore
 
     return asyncio.run(PostgresAuditStore(dsn).fetch())
+
+
+WRITES_HELD = """\
+rules:
+  - id: agents-read
+    who: {groups: [agents]}
+    databases: ["*"]
+    categories: [read, session, transaction]
+    effect: allow
+  - id: agents-writes
+    who: {groups: [agents]}
+    databases: ["*"]
+    categories: [write]
+    effect: require_approval
+    approval: {approvers: {groups: [dba]}}
+"""
+
+
+def test_a_held_write_shows_approvers_the_planners_row_estimate(
+    proxy_factory: ProxyFactory, postgres: RealPostgres, tmp_path: Path
+) -> None:
+    policies = tmp_path / "writes-held"
+    policies.mkdir()
+    (policies / "rules.yaml").write_text(WRITES_HELD)
+    proxy = proxy_factory(policies=policies, approvals=True, web_listen="127.0.0.1:0")
+    dba = proxy.idp.mint("dba-1", email="dba@example.com", groups=["dba"])
+    web = proxy.server.services[0]
+    trust = ssl.create_default_context(cafile=str(proxy.settings.tls_cert))
+    with scratch_table(postgres) as exists, httpx.Client(
+        base_url=f"https://127.0.0.1:{web.port}", verify=trust, timeout=30,  # type: ignore[attr-defined]
+        headers={"Authorization": f"Bearer {dba}"},
+    ) as client:
+        name = exists.name  # type: ignore[attr-defined]
+        with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as owner:
+            owner.execute(f"INSERT INTO {name} SELECT generate_series(1, 1000)")
+            owner.execute(f"ANALYZE {name}")
+        thread, result = in_background(lambda: psql(proxy, agent_token(proxy), f"DELETE FROM {name} WHERE id <= 100"))
+        deadline = time.monotonic() + 30
+        pending: list[dict[str, object]] = []
+        while not pending and time.monotonic() < deadline:
+            pending = [entry for entry in client.get("/api/approvals", params={"state": "pending"}).json()["requests"]
+                       if name in str(entry)]
+            time.sleep(0.05)
+        assert pending, "the held DELETE did not show up"
+        impact = str(pending[0]["context"]["impact"])  # type: ignore[index]
+        assert impact.startswith("estimated ") and "rows (planner estimate)" in impact, impact
+        client.post(f"/api/approvals/{pending[0]['id']}/deny", json={"reason": "estimate checked"})
+        thread.join(60)
+        assert "denied" in result["value"].stderr
+        with psycopg.connect(postgres.dsn(UPSTREAM_ROLE), autocommit=True) as owner:
+            assert owner.execute(f"SELECT count(*) FROM {name}").fetchone() == (1000,)  # EXPLAIN ran nothing
