@@ -7,7 +7,6 @@ must not reach logs or terminals. Loading only: nothing here opens sockets.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pgproxy.approvals.directory import DirectoryError, load_directory
+from pgproxy.dsn import is_loopback_host
 
 _SLACK_CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,30}")
 _TOKEN_PREFIXES = {"slack_bot_token": "xoxb-", "slack_app_token": "xapp-"}
@@ -41,15 +41,6 @@ class WebSignInSettings(Protocol):
     oidc_audience: list[str]
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def slack_secret(value: SecretStr | None, field_name: str) -> SecretStr | None:
     if value is None:
         return None
@@ -73,7 +64,7 @@ def slack_api_url(value: str) -> str:
     url = urlsplit(value)
     if url.scheme not in ("https", "http") or not url.hostname:
         raise ValueError("expected an https:// URL")
-    if url.scheme == "http" and not is_loopback(url.hostname):
+    if url.scheme == "http" and not is_loopback_host(url.hostname):
         raise ValueError("the bot token would cross the network in clear: use https:// (http:// only to loopback)")
     return value if value.endswith("/") else value + "/"
 

@@ -6,6 +6,7 @@ unknown option is an error rather than something silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -126,3 +127,13 @@ def _parse_keywords(dsn: str) -> dict[str, str]:
         while position < len(text) and text[position].isspace():
             position += 1
     return options
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

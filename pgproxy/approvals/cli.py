@@ -20,7 +20,6 @@ who may vote (the server does), nor write the token anywhere.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import ssl
 import sys
@@ -34,10 +33,10 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from pgproxy.audit.display import one_line, safe
+from pgproxy.dsn import is_loopback_host
 
 ENV_URL, ENV_TOKEN = "PGPROXY_APPROVALS_URL", "PGPROXY_TOKEN"
 TIMEOUT_SECONDS = 30.0
-_LOOPBACK_NAMES = ("localhost",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +54,6 @@ class Endpoint:
     verify: ssl.SSLContext
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def endpoint(
     url: str | None,
     token_file: Path | None,
@@ -78,7 +68,7 @@ def endpoint(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the approvals URL must be https://HOST[:PORT], not {url!r}")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname.lower()):
         raise ValueError("refusing to send a token over plain HTTP to another machine: use an https:// URL")
     if parts.query or parts.fragment:
         raise ValueError("the approvals URL takes no query or fragment")

@@ -7,7 +7,6 @@ follow redirects only to URLs that pass the same check, and report every failure
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import urllib.error
 import urllib.parse
@@ -18,6 +17,7 @@ from typing import IO, Any
 from urllib.request import Request
 
 from pgproxy.auth.errors import JWKSUnavailable
+from pgproxy.dsn import is_loopback_host
 
 _MAX_DOCUMENT_BYTES = 1024 * 1024
 
@@ -44,24 +44,15 @@ def check_url(url: str, what: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
     raise ValueError(f"{what} must be an https URL (plain http only to a loopback host): {url!r}")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def http_get_json(url: str, timeout: float) -> object:
     """Blocking GET (run in a thread). The URL was checked by _check_url, so urllib's scheme is safe."""
     hostname = urllib.parse.urlsplit(url).hostname or ""
-    opener = _LOOPBACK_OPENER if _is_loopback(hostname) else _OPENER
+    opener = _LOOPBACK_OPENER if is_loopback_host(hostname) else _OPENER
     request = Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
         with opener.open(request, timeout=timeout) as response:

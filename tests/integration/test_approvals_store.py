@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import asyncpg
-import psycopg
 import pytest
 
 from pgproxy.approvals import pg_schema
@@ -21,6 +20,7 @@ from pgproxy.auth.identity import Identity
 from pgproxy.policy.engine import ApprovalRequirement
 from pgproxy.policy.model import Approvers
 from tests.support.pg_plugin import RealPostgres
+from tests.support.role_database import RoleDatabase, role_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,35 +39,14 @@ DBA3 = Identity("u-dba3", "https://other-idp.example.com/", None, None, ("dba",)
 DBA1_ELSEWHERE = Identity("u-dba1-slack", "https://slack.example.com/", "DBA1@example.com", None, ("dba",), None)
 
 
-@dataclass
-class ApprovalsDatabase:
-    postgres: RealPostgres
-
-    def dsn(self, role: str | None = None) -> str:
-        """A DSN for the test database: as ``role``, or as the server's superuser."""
-        if role is None:
-            return self.postgres.dsn(database=DATABASE)
-        return self.postgres.dsn(role, DATABASE, PASSWORD)
+ApprovalsDatabase = RoleDatabase
 
 
 @pytest.fixture(scope="module")
-def approvals_db(postgres: RealPostgres) -> Iterator[ApprovalsDatabase]:
+def approvals_db(postgres: RealPostgres) -> Iterator[RoleDatabase]:
     """A database owned by OWNER, with a store ROLE and a REVIEWER that own nothing."""
-    roles = (OWNER, ROLE, REVIEWER)
-
-    def drop(admin: psycopg.Connection[tuple[object, ...]]) -> None:
-        admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        for role in roles:
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
-
-    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
-        drop(admin)
-        for role in roles:
-            admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER PASSWORD '{PASSWORD}'")
-        admin.execute(f"CREATE DATABASE {DATABASE} OWNER {OWNER}")
-    yield ApprovalsDatabase(postgres)
-    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
-        drop(admin)
+    with role_database(postgres, DATABASE, owner=OWNER, others=(ROLE, REVIEWER), password=PASSWORD) as database:
+        yield database
 
 
 @pytest.fixture

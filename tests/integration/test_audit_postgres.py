@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-import psycopg
 import pytest
 
 from pgproxy.audit import AuditRecord, BreakKind, Chain, Decision, InvalidRecord, RecordKind, verify
@@ -18,6 +16,7 @@ from pgproxy.audit.jsonl import AuditStoreUnavailable, GroupCommitter
 from pgproxy.audit.pg_schema import AUDIT_VERSION, SchemaError, apply_migrations, current_version, grant_statements
 from pgproxy.audit.postgres import AuditTableCorrupt, PostgresAuditStore
 from tests.support.pg_plugin import RealPostgres
+from tests.support.role_database import RoleDatabase, role_database
 from tests.unit.audit.factories import outcome, statement
 
 pytestmark = pytest.mark.integration
@@ -27,35 +26,14 @@ OWNER, WRITER, REVIEWER = "pgproxy_audit_owner", "pgproxy_audit_writer", "pgprox
 PASSWORD = "audit-secret-1"
 
 
-@dataclass
-class AuditDatabase:
-    postgres: RealPostgres
-
-    def dsn(self, role: str | None = None) -> str:
-        """A DSN for the audit database: as ``role``, or as the server's superuser."""
-        if role is None:
-            return self.postgres.dsn(database=AUDIT_DATABASE)
-        return self.postgres.dsn(role, AUDIT_DATABASE, PASSWORD)
+AuditDatabase = RoleDatabase
 
 
 @pytest.fixture(scope="module")
-def audit_db(postgres: RealPostgres) -> Iterator[AuditDatabase]:
+def audit_db(postgres: RealPostgres) -> Iterator[RoleDatabase]:
     """A database owned by OWNER, with a WRITER and a REVIEWER role that own nothing."""
-    roles = (OWNER, WRITER, REVIEWER)
-
-    def drop(admin: psycopg.Connection[tuple[object, ...]]) -> None:
-        admin.execute(f"DROP DATABASE IF EXISTS {AUDIT_DATABASE} WITH (FORCE)")
-        for role in roles:
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
-
-    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
-        drop(admin)
-        for role in roles:
-            admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER PASSWORD '{PASSWORD}'")
-        admin.execute(f"CREATE DATABASE {AUDIT_DATABASE} OWNER {OWNER}")
-    yield AuditDatabase(postgres)
-    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
-        drop(admin)
+    with role_database(postgres, AUDIT_DATABASE, owner=OWNER, others=(WRITER, REVIEWER), password=PASSWORD) as db:
+        yield db
 
 
 @pytest.fixture
