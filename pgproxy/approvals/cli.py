@@ -34,15 +34,10 @@ import httpx
 
 from pgproxy.audit.display import one_line, safe
 from pgproxy.dsn import is_loopback_host
+from pgproxy.reporting import Report
 
 ENV_URL, ENV_TOKEN = "PGPROXY_APPROVALS_URL", "PGPROXY_TOKEN"
 TIMEOUT_SECONDS = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    text: str
-    exit_code: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,14 +25,9 @@ from pgproxy.audit.query import Detail, RecordFilter
 from pgproxy.audit.record import AuditRecord, InvalidRecord, RecordKind
 from pgproxy.audit.review import AuditReader, AuditSourceError, JsonlAuditReader, PostgresAuditReader
 from pgproxy.audit.verify import verify
+from pgproxy.reporting import Report
 
 _ANCHOR = re.compile(r"^(?P<chain>[0-9A-Za-z_.:-]{1,128}):(?P<seq>[0-9]+):(?P<hash>[0-9a-f]{64})$")
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    text: str
-    exit_code: int
 
 
 def parse_anchor(text: str) -> ChainHead:

@@ -9,7 +9,6 @@ This module must not be imported by the proxy itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pgproxy.auth.identity import Identity
@@ -18,17 +17,12 @@ from pgproxy.policy.cases import Case, CaseFile, IdentitySpec
 from pgproxy.policy.engine import Decision, SessionProfile, decide_all, describe_duration, session_profile
 from pgproxy.policy.loader import PolicyLoadError, load_policy_dir, load_yaml_file, load_yaml_text, policy_files
 from pgproxy.policy.model import Mask, PolicySet, Rule, SessionSettings
+from pgproxy.reporting import Report
 from pgproxy.sql.statement import Classification, Statement
 
 __all__ = ["Classify", "Report", "check", "explain", "identity_from_options", "run_tests"]
 
 Classify = Callable[[str], Classification]
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    text: str
-    exit_code: int
 
 
 def default_classify() -> Classify:

@@ -21,6 +21,7 @@ from pgproxy.approvals.model import ApprovalRequest, RequestState
 from pgproxy.audit.review import JsonlAuditReader
 from pgproxy.auth.oidc import TokenVerifier
 from pgproxy.devcerts import write_self_signed
+from pgproxy.reporting import Report
 from pgproxy.web.app import build_web_app
 from pgproxy.web.server import WebServer
 from tests.support.fake_idp import FakeIdP
@@ -200,7 +201,7 @@ async def test_nothing_pending_exits_1(fake_idp: FakeIdP, tmp_path: Path) -> Non
         where = approvals_cli.endpoint(empty.url, None, None, {"PGPROXY_TOKEN": dba_token(fake_idp, "dba1")})
         report = await approvals_cli.list_requests(where)
         assert (report.text, report.exit_code) == ("no pending approval requests", 1)
-        assert (await approvals_cli.list_requests(where, as_json=True)) == approvals_cli.Report("", 1)
+        assert (await approvals_cli.list_requests(where, as_json=True)) == Report("", 1)
     finally:
         await empty.stop()
 
