@@ -41,10 +41,10 @@ rules:
     databases: ["*"]
     categories: [read, session, transaction]
     effect: allow
-  - id: agents-ddl
+  - id: agents-HELD
     who: {groups: [agents]}
     databases: ["*"]
-    categories: [ddl]
+    categories: [HELD]
     effect: require_approval
     approval: {approvers: {groups: [dba]}, timeout: TIMEOUT}
 """
@@ -68,10 +68,11 @@ def scratch_database(postgres: RealPostgres, name: str) -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def write_policies(tmp_path: Path, timeout: str) -> Path:
+def write_policies(tmp_path: Path, timeout: str, *, held: str = "ddl") -> Path:
+    """Agents read freely; the ``held`` category (rule ``agents-<held>``) needs a DBA's approval."""
     policies = tmp_path / f"policies-{uuid.uuid4().hex[:6]}"
     policies.mkdir()
-    (policies / "rules.yaml").write_text(POLICY.replace("TIMEOUT", timeout))
+    (policies / "rules.yaml").write_text(POLICY.replace("TIMEOUT", timeout).replace("HELD", held))
     return policies
 
 

@@ -24,7 +24,7 @@ from tests.integration.test_approval_holds import (
     write_policies,
 )
 from tests.support.pg_plugin import UPSTREAM_ROLE, RealPostgres
-from tests.support.proxy_plugin import ProxyFactory
+from tests.support.proxy_plugin import ProxyFactory, database_audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -67,41 +67,17 @@ def test_an_agent_waits_and_a_dba_approves_through_the_api(
         assert completed.returncode == 0, completed.stderr
         assert f"{base}/approvals" in completed.stderr  # the NOTICE says where to approve
         assert not exists()
-    records = [r for r in _audit(audit_database) if r.kind is RecordKind.STATEMENT and r.approval_id == request_id]
+    records = [r for r in database_audit_records(audit_database)
+               if r.kind is RecordKind.STATEMENT and r.approval_id == request_id]
     assert [(r.decision, r.approvers) for r in records] == [(Decision.REQUIRE_APPROVAL, ("dba@example.com",))]
 
-
-def _audit(dsn: str) -> list:  # type: ignore[type-arg]
-    import asyncio
-
-    from pgproxy.audit.postgres import PostgresAuditStore
-
-    return asyncio.run(PostgresAuditStore(dsn).fetch())
-
-
-WRITES_HELD = """\
-rules:
-  - id: agents-read
-    who: {groups: [agents]}
-    databases: ["*"]
-    categories: [read, session, transaction]
-    effect: allow
-  - id: agents-writes
-    who: {groups: [agents]}
-    databases: ["*"]
-    categories: [write]
-    effect: require_approval
-    approval: {approvers: {groups: [dba]}}
-"""
 
 
 def test_a_held_write_shows_approvers_the_planners_row_estimate(
     proxy_factory: ProxyFactory, postgres: RealPostgres, tmp_path: Path
 ) -> None:
-    policies = tmp_path / "writes-held"
-    policies.mkdir()
-    (policies / "rules.yaml").write_text(WRITES_HELD)
-    proxy = proxy_factory(policies=policies, approvals=True, web_listen="127.0.0.1:0")
+    proxy = proxy_factory(policies=write_policies(tmp_path, "5m", held="write"), approvals=True,
+                          web_listen="127.0.0.1:0")
     dba = proxy.idp.mint("dba-1", email="dba@example.com", groups=["dba"])
     web = proxy.server.services[0]
     trust = ssl.create_default_context(cafile=str(proxy.settings.tls_cert))

@@ -9,7 +9,6 @@ must have been refused with SQLSTATE 58000 during the outage and accepted again 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
@@ -20,9 +19,8 @@ import psycopg
 import pytest
 
 from pgproxy.audit import RecordKind, verify
-from pgproxy.audit.postgres import PostgresAuditStore
 from tests.support.pg_plugin import RealPostgres
-from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+from tests.support.proxy_plugin import ProxyFactory, RunningProxy, database_audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +123,7 @@ def test_no_statement_runs_unlogged_while_the_store_is_down(
 
     # The records held during the outage were queued when the store came back, before any new statement.
     proxy.drain_audit()
-    records = asyncio.run(PostgresAuditStore(audit_dsn).fetch())
+    records = database_audit_records(audit_dsn)
     assert verify(records).ok, verify(records).summary()
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         inserted = {row for (row,) in conn.execute(f"SELECT id FROM {TABLE}")}
@@ -165,7 +163,7 @@ def test_replicas_sharing_one_audit_database_each_keep_an_intact_chain(
 
     for proxy in replicas:
         proxy.drain_audit()
-    records = asyncio.run(PostgresAuditStore(audit_dsn).fetch())
+    records = database_audit_records(audit_dsn)
     report = verify(records)
     assert report.ok, report.summary()
     assert len(report.chains) == 2

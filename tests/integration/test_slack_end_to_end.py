@@ -43,7 +43,7 @@ from tests.integration.test_approval_holds import (
 )
 from tests.support.fake_slack import APP_TOKEN, BOT_TOKEN, CHANNEL, SIGNING_SECRET, FakeSlack, signed
 from tests.support.pg_plugin import RealPostgres
-from tests.support.proxy_plugin import ProxyFactory, RunningProxy
+from tests.support.proxy_plugin import ProxyFactory, RunningProxy, database_audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,8 @@ def test_a_dba_approves_in_slack_and_the_held_drop_runs(
     updated = texts(slack.message(ts))
     assert "*Approved* by dba@example.com (1 of 1 approval)" in updated
     assert not [block for block in slack.message(ts)["blocks"] if block["type"] == "actions"]  # no more buttons
-    records = [r for r in _audit(audit_database) if r.kind is RecordKind.STATEMENT and r.approval_id == request_id]
+    records = [r for r in database_audit_records(audit_database)
+               if r.kind is RecordKind.STATEMENT and r.approval_id == request_id]
     assert [(r.decision, r.approvers) for r in records] == [(Decision.REQUIRE_APPROVAL, ("dba@example.com",))]
 
 
@@ -318,9 +319,3 @@ def test_socket_mode_takes_the_click_without_an_http_endpoint(
         assert result["value"].returncode == 0, result["value"].stderr
         assert not exists()
     assert "*Approved* by dba@example.com" in texts(slack.message(ts))
-
-
-def _audit(dsn: str) -> list:  # type: ignore[type-arg]
-    from pgproxy.audit.postgres import PostgresAuditStore
-
-    return asyncio.run(PostgresAuditStore(dsn).fetch())

@@ -20,6 +20,7 @@ import uvloop
 from pgproxy.app import build_server
 from pgproxy.approvals.service import ApprovalService
 from pgproxy.audit.jsonl import read_records
+from pgproxy.audit.postgres import PostgresAuditStore
 from pgproxy.audit.record import AuditRecord
 from pgproxy.config import load_settings
 from pgproxy.devcerts import write_self_signed
@@ -106,6 +107,11 @@ class RunningProxy:
 
 
 ProxyFactory = Callable[..., RunningProxy]
+
+
+def database_audit_records(dsn: str) -> list[AuditRecord]:
+    """Every record of the PostgreSQL audit store at ``dsn``, in chain order (call after draining)."""
+    return asyncio.run(PostgresAuditStore(dsn).fetch())
 _AUDIT_FILES = itertools.count(1)
 
 
