@@ -33,9 +33,17 @@ from pathlib import Path
 from types import FrameType
 
 from benchkit import BenchError
-from benchkit.pgbench import Config, client_env, run_pgbench, smoke_test
+from benchkit.pgbench import Config, check_masked, client_env, run_pgbench, smoke_test
 from benchkit.pgbouncer import DEFAULT_PGBOUNCER, check_pgbouncer, pgbouncer_version, start_pgbouncer
-from benchkit.pgproxy import AUDIT_STORES, PgproxyCommand, check_pgproxy, load_issuer, mint_token, start_pgproxy
+from benchkit.pgproxy import (
+    AUDIT_STORES,
+    MASK_MODES,
+    PgproxyCommand,
+    check_pgproxy,
+    load_issuer,
+    mint_token,
+    start_pgproxy,
+)
 from benchkit.postgres import (
     DEFAULT_PG_BIN,
     Postgres,
@@ -78,6 +86,7 @@ class Options:
     pgbouncer: Path
     pgproxy: PgproxyCommand
     audit: str = "jsonl"
+    masks: str = "none"
 
     def configs(self) -> list[Config]:
         """The matrix, in run order: fewest clients first, simple before extended."""
@@ -94,7 +103,7 @@ class Options:
             "clients": list(self.clients), "modes": list(self.modes), "targets": list(self.targets),
             "max_jobs": self.jobs, "scale": self.scale, "pg_bin": str(self.pg_bin),
             "pgbouncer": str(self.pgbouncer), "pgproxy_cmd": self.pgproxy.describe(),
-            "audit": self.audit,
+            "audit": self.audit, "masks": self.masks,
         }
 
 
@@ -156,6 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--audit", choices=AUDIT_STORES, default="jsonl",
         help="pgproxy's audit log: a JSONL file, the postgres schema of the benchmark database, or off "
              "(default jsonl)")
+    add("--masks", choices=MASK_MODES, default="none",
+        help="masked columns for the benchmark identity: none; other (columns pgbench -S never reads: "
+             "masking on, no result column masked); accounts (pgbench_accounts.abalance hashed: every "
+             "row rewritten) (default none)")
     add("--pgproxy-arg", action="append", default=[], metavar="ARG",
         help="extra argument appended to `pgproxy run` (repeatable), e.g. --pgproxy-arg=--log-level=WARNING")
     return parser
@@ -177,7 +190,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         targets=tuple(t for t in ALL_TARGETS if t in ns.targets),
         jobs=ns.jobs, scale=ns.scale, json_path=ns.json_path, pg_bin=ns.pg_bin, pgbouncer=ns.pgbouncer,
         pgproxy=PgproxyCommand.build(ns.pgproxy_cmd, ns.pgproxy_arg),
-        audit=ns.audit,
+        audit=ns.audit, masks=ns.masks,
     )
 
 
@@ -233,6 +246,15 @@ def start_targets(options: Options, stack: ExitStack, workdir: Path, cluster: Po
             tail = f"\n{target.service.log_tail()}" if target.service else ""
             raise BenchError(f"{target.name}: {exc}{tail}") from exc
         log(f"{target.name} ready on 127.0.0.1:{target.port}")
+    proxy = next((target for target in targets if target.name == PGPROXY), None)
+    if proxy is not None and options.masks == "accounts":
+        try:
+            direct, masked = check_masked(options.pg_bin, cluster.port, proxy.port, direct_env=client_env(),
+                                          proxy_env=proxy.env(600), cwd=workdir)
+        except BenchError as exc:
+            tail = f"\n{proxy.service.log_tail()}" if proxy.service else ""
+            raise BenchError(f"{PGPROXY}: {exc}{tail}") from exc
+        log(f"{PGPROXY} masks pgbench_accounts.abalance: {direct} directly, {masked} through pgproxy")
     return targets
 
 
@@ -241,7 +263,8 @@ def _start_pgproxy_target(options: Options, stack: ExitStack, workdir: Path, clu
     issuer = load_issuer(workdir / "issuer")
     port = free_port()
     log(f"starting pgproxy: {options.pgproxy.describe()}")
-    proxy = start_pgproxy(options.pgproxy, cluster, issuer, workdir / "pgproxy", port, audit_store=options.audit)
+    proxy = start_pgproxy(options.pgproxy, cluster, issuer, workdir / "pgproxy", port, audit_store=options.audit,
+                          masks=options.masks)
     stack.callback(_quietly, proxy.stop)
     return Target(PGPROXY, port, proxy, lambda ttl: mint_token(issuer, ttl))
 
@@ -331,7 +354,8 @@ def run(options: Options, stack: ExitStack) -> None:
     summaries = summarize(measurements, options.configs())
     print()
     print(f"pgbench -S, {options.duration}s per run, median of {options.repeat}, scale {options.scale}, "
-          f"{info['usable_cpus']} CPUs shared by client, proxy and server")
+          f"{info['usable_cpus']} CPUs shared by client, proxy and server"
+          + (f"; pgproxy audit {options.audit}, masks {options.masks}" if PGPROXY in options.targets else ""))
     print(render_table(summaries, options.targets))
     if options.json_path is not None:
         document = json_document(options.as_dict(), info, measurements, summaries)

@@ -30,8 +30,10 @@ from pgproxy.audit.service import AuditService, AuditTarget
 from pgproxy.auth.demo_issuer import DemoIssuer, DemoLogin
 from pgproxy.auth.oidc import JWKSUnavailable, OIDCConfig, TokenVerifier
 from pgproxy.config import Settings
+from pgproxy.masking.catalog import Catalogs
+from pgproxy.policy.model import MaskStrategy
 from pgproxy.policy.store import PolicyStore
-from pgproxy.server.connection import ProxyContext, Verifier
+from pgproxy.server.connection import MaskingSetup, ProxyContext, Verifier
 from pgproxy.server.listener import ProxyServer, Service
 from pgproxy.server.tls import client_facing_context
 from pgproxy.web.app import build_web_app
@@ -155,6 +157,7 @@ def build_server(
         audit=build_audit(settings),
         redact_literals=settings.audit_redact_literals,
         approvals=approvals,
+        masking=build_masking(settings, policies),
     )
     host, port = settings.listen_address
     server = ProxyServer(context, host, port, max_connections=settings.max_connections)
@@ -166,6 +169,8 @@ def build_server(
         server.services.append(web)
         if approvals is not None and settings.approvals_url is None:
             server.services.append(_ApproveAt(approvals, web))
+    if context.masking is not None:
+        server.services.append(_CatalogRefresh(context.masking.catalogs))
     server.on_reload(policies.reload)
     if settings.policy_poll_seconds > 0:
         server.every(settings.policy_poll_seconds, policies.reload_if_changed)
@@ -175,6 +180,34 @@ def build_server(
         if settings.policy_poll_seconds > 0:
             server.every(settings.policy_poll_seconds, slack.directory.reload_if_changed)
     return server
+
+
+def build_masking(settings: Settings, policies: PolicyStore) -> MaskingSetup:
+    """Catalog readings through pgproxy's own login, and the key of the hash strategy."""
+    target = settings.upstream
+
+    def catalog_connect(database: str) -> Awaitable[asyncpg.Connection]:
+        return asyncpg.connect(target, database=database)
+
+    catalogs = Catalogs(catalog_connect, refresh_seconds=settings.mask_catalog_refresh_seconds)
+    if settings.mask_key is not None:
+        return MaskingSetup(catalogs, key=settings.mask_key.get_secret_value().encode())
+    if any(mask.strategy is MaskStrategy.HASH for entry in policies.current.masks for mask in entry.columns.values()):
+        log.warning("no mask_key is set: hashed columns use a random key, so hashes differ between pgproxy runs")
+    return MaskingSetup(catalogs)
+
+
+class _CatalogRefresh:
+    """Reads every database's catalog again now and then, while the proxy runs."""
+
+    def __init__(self, catalogs: Catalogs) -> None:
+        self._catalogs = catalogs
+
+    async def start(self) -> None:
+        self._catalogs.start()
+
+    async def stop(self) -> None:
+        await self._catalogs.close()
 
 
 class _ApproveAt:

@@ -55,6 +55,8 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
     "slack_channel": {"metavar": "CHANNEL_ID"},
     "slack_api_url": {"metavar": "URL"},
     "approver_directory": {"metavar": "YAML", "type": Path},
+    # mask_key is a secret: environment or config file only.
+    "mask_catalog_refresh_seconds": {"metavar": "SECONDS", "type": float},
     "log_level": {"metavar": "LEVEL"},
 }
 

@@ -28,7 +28,7 @@ from pgproxy.dsn import DSNError, UpstreamTarget, parse_dsn
 
 SLACK_API_URL = "https://slack.com/api/"
 # Settings without a command-line flag: command lines are visible to every user of the machine.
-SECRET_SETTINGS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token"})
+SECRET_SETTINGS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token", "mask_key"})
 
 
 class SettingsError(Exception):
@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     slack_api_url: str = Field(SLACK_API_URL, description="base URL of the Slack Web API (tests, HTTP proxies)")
     approver_directory: Path | None = Field(
         None, description="YAML file mapping approvers' emails to their groups (required with Slack)"
+    )
+    mask_key: SecretStr | None = Field(
+        None,
+        description="key of the hash masking strategy (HMAC-SHA256), at least 16 bytes; a secret: environment or"
+        " config file (default: a random key per process, so hashes match only within one pgproxy run)",
+    )
+    mask_catalog_refresh_seconds: float = Field(
+        60.0, gt=0, description="how often the catalog masking relies on is read again (DDL through pgproxy: at once)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -246,6 +254,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_slack_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         return checks.slack_secret(value, info.field_name or "")
+
+    @field_validator("mask_key")
+    @classmethod
+    def _check_mask_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes (use e.g. 32 random bytes in hex)")
+        return value
 
     @field_validator("slack_channel")
     @classmethod

@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.support.pg_plugin",
     "tests.support.proxy_plugin",
     "tests.support.enforcement_plugin",
+    "tests.support.masking",
 ]

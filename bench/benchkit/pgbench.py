@@ -93,10 +93,36 @@ def run_pgbench(
     return parse_output(output)
 
 
+def query_value(pg_bin: Path, port: int, sql: str, *, env: Mapping[str, str], cwd: Path) -> str:
+    """The unaligned, tuples-only output of one statement run with psql against 127.0.0.1:``port``."""
+    argv = [str(pg_bin / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port),
+            "-U", BENCH_ROLE, "-d", BENCH_DB, "-c", sql]
+    return run_checked(argv, cwd=cwd, env=env, timeout=60).strip()
+
+
 def smoke_test(pg_bin: Path, port: int, *, env: Mapping[str, str], cwd: Path) -> None:
     """One ``SELECT 1`` through a target with psql, so a broken login fails before any measurement."""
-    argv = [str(pg_bin / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port),
-            "-U", BENCH_ROLE, "-d", BENCH_DB, "-c", "SELECT 1"]
-    output = run_checked(argv, cwd=cwd, env=env, timeout=60).strip()
+    output = query_value(pg_bin, port, "SELECT 1", env=env, cwd=cwd)
     if output != "1":
         raise BenchError(f"smoke test through port {port} returned {output!r} instead of '1'")
+
+
+MASKED_PROBE = "SELECT abalance FROM pgbench_accounts WHERE aid = 1"
+
+
+def check_masked(
+    pg_bin: Path, direct_port: int, proxy_port: int, *,
+    direct_env: Mapping[str, str], proxy_env: Mapping[str, str], cwd: Path,
+) -> tuple[str, str]:
+    """Fail unless the abalance pgbench -S reads comes back masked through the proxy: the value read
+    through ``proxy_port`` must be an integer (hash keeps the type) that differs from the one read
+    directly (pgbench -i sets every abalance to 0, and the hash of 0 is not 0). Returns both values."""
+    direct = query_value(pg_bin, direct_port, MASKED_PROBE, env=direct_env, cwd=cwd)
+    proxied = query_value(pg_bin, proxy_port, MASKED_PROBE, env=proxy_env, cwd=cwd)
+    if not proxied.lstrip("-").isdigit():
+        raise BenchError(f"masking check: `{MASKED_PROBE}` through port {proxy_port} returned {proxied!r}, "
+                         "not an integer (hash should keep the column's type)")
+    if proxied == direct:
+        raise BenchError(f"masking is not in effect: `{MASKED_PROBE}` returned {proxied!r} through port "
+                         f"{proxy_port}, the same as directly; pgbench_accounts.abalance should be hashed")
+    return direct, proxied

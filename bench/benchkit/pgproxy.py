@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from benchkit import BenchError
-from benchkit.postgres import Postgres
+from benchkit.postgres import BENCH_DB, Postgres
 from benchkit.procs import Service, run_checked, start_service, wait_for_port
 
 IDENTITY_SUBJECT = "bench"
@@ -131,12 +131,49 @@ rules:
 """
 
 
-def write_bench_policies(directory: Path) -> Path:
-    """A policy directory: the repository's example policies plus the benchmark identity's rule."""
+MASK_MODES = ("none", "other", "accounts")
+
+# The masked columns of each --masks mode, on the benchmark database, for the benchmark identity.
+# ``other``: columns of tables pgbench -S never reads, so masking is on for the session but no result
+# column is masked (DataRows are relayed as they are); ``accounts``: the abalance column pgbench -S
+# reads (``SELECT abalance FROM pgbench_accounts WHERE aid = :aid``), hashed, so every row is rewritten.
+_MASKED_COLUMNS: dict[str, dict[str, str]] = {
+    "none": {},
+    "other": {"public.pgbench_branches.filler": "redact", "public.pgbench_tellers.filler": "hash"},
+    "accounts": {"public.pgbench_accounts.abalance": "hash"},
+}
+
+# The fixed key of the hash strategy while masks are on (PGPROXY_MASK_KEY), so hashes are the same
+# from one benchmark run to the next and pgproxy does not warn about a random key.
+BENCH_MASK_KEY = "pgproxy-benchmark-mask-key-0123456789abcdef"
+
+
+def mask_policy(masks: str) -> str:
+    """The ``masks:`` block for ``masks`` (one of ``MASK_MODES``); empty for ``none``."""
+    if masks not in _MASKED_COLUMNS:
+        raise BenchError(f"unknown masks mode {masks!r}; expected one of {', '.join(MASK_MODES)}")
+    columns = _MASKED_COLUMNS[masks]
+    if not columns:
+        return ""
+    lines = [
+        "masks:",
+        f"  - id: bench-masks-{masks}",
+        f"    description: the benchmark's masked columns (--masks {masks})",
+        f"    databases: [{BENCH_DB}]",
+        f"    who: {{subjects: [{IDENTITY_SUBJECT}]}}",
+        "    columns:",
+        *(f"      {column}: {strategy}" for column, strategy in columns.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_bench_policies(directory: Path, masks: str = "none") -> Path:
+    """A policy directory: the repository's example policies plus the benchmark identity's rule and,
+    unless ``masks`` is ``none``, its masked columns."""
     directory.mkdir(exist_ok=True)
     for example in sorted((_REPO_ROOT / "policies").glob("*.yaml")):
         shutil.copyfile(example, directory / example.name)
-    (directory / "zz-bench.yaml").write_text(BENCH_POLICY)
+    (directory / "zz-bench.yaml").write_text(BENCH_POLICY + mask_policy(masks))
     return directory
 
 
@@ -174,17 +211,22 @@ def pgproxy_argv(
 
 
 def start_pgproxy(
-    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, workdir: Path, port: int, *, audit_store: str = "off"
+    command: PgproxyCommand, cluster: Postgres, issuer: Issuer, workdir: Path, port: int, *,
+    audit_store: str = "off", masks: str = "none",
 ) -> Service:
-    """Start pgproxy (working directory ``workdir``) and wait until it listens on 127.0.0.1:``port``."""
+    """Start pgproxy (working directory ``workdir``) and wait until it listens on 127.0.0.1:``port``.
+    With masks on, pgproxy gets the fixed ``BENCH_MASK_KEY`` through ``PGPROXY_MASK_KEY``."""
     workdir.mkdir(exist_ok=True)
+    env = command.env()
+    if masks != "none":
+        env["PGPROXY_MASK_KEY"] = BENCH_MASK_KEY
     service = start_service(
         "pgproxy",
-        pgproxy_argv(command, cluster, issuer, port, write_bench_policies(workdir / "policies"),
+        pgproxy_argv(command, cluster, issuer, port, write_bench_policies(workdir / "policies", masks),
                      audit=audit_argv(audit_store, cluster, workdir)),
         cwd=workdir,
         log_path=workdir / "pgproxy.log",
-        env=command.env(),
+        env=env,
     )
     try:
         wait_for_port(port, timeout=60, alive=service)

@@ -26,6 +26,9 @@ OUTAGE_SQLSTATE = "58000"  # system_error: something outside the database (pgpro
 OUTAGE_RULE = "pgproxy:audit-unavailable"
 
 
+CATALOG_OUTAGE_RULE = "pgproxy:masking-catalog"  # masking cannot read the catalog: nothing reading tables runs
+
+
 def outage_decision() -> Decision:
     """Every request is refused while the audit log cannot take records (fail closed)."""
     return Decision(
@@ -85,7 +88,7 @@ def decision_error(decision: Decision, codec: str) -> bytes:
         # Until statements can be held for approval, the caller needs someone who may run it directly.
         needed = decision.approval.describe() if decision.approval is not None else "an approval"
         hint = f"this statement needs {needed}; pgproxy cannot hold it for approval yet, so it was not run"
-    if decision.rule_id == OUTAGE_RULE:
+    if decision.rule_id in (OUTAGE_RULE, CATALOG_OUTAGE_RULE):
         return error_response(OUTAGE_SQLSTATE, message, detail=None, hint=hint, codec=codec)
     detail = f"pgproxy policy: {decision.effect.value} by rule {decision.rule_id}; category {statement.category.value}"
     if statement.refusal:

@@ -21,15 +21,18 @@ from dataclasses import replace
 
 from pgproxy.auth.identity import Identity
 from pgproxy.gate import denial
+from pgproxy.gate.answers import follow_answers
 from pgproxy.gate.barrier import SettingsBarrier, barrier_decision
 from pgproxy.gate.fastpath import fast_path_statement
 from pgproxy.gate.holds import Hold, Holds, Verdict, bound_text, message_digest
 from pgproxy.gate.judge import Judge, PolicySource
-from pgproxy.gate.limits import COUNTED, LimitExceeded, RowLimits
+from pgproxy.gate.limits import COUNTED, RowLimits
+from pgproxy.gate.masking import GateMasking, Wait
 from pgproxy.gate.prepared import PreparedStatements, meaning_of, needs_resolution, unknown_name
 from pgproxy.gate.reading import GateFatal, TextReading
 from pgproxy.gate.splice import Splice
-from pgproxy.gate.trail import AuditTrail, error_fields, trail_source, trail_sources
+from pgproxy.gate.trail import AuditTrail, trail_source, trail_sources
+from pgproxy.masking.plan import ResultPlan
 from pgproxy.policy.engine import Decision, Effect
 from pgproxy.sql.classify import Classifier, resolve_prepared
 from pgproxy.sql.statement import Category, Statement, StatementSource
@@ -37,7 +40,7 @@ from pgproxy.wire.framing import Frame
 
 log = logging.getLogger(__name__)
 
-_Q, _P, _B, _E, _C, _S, _F = b"QPBECSF"
+_Q, _P, _B, _E, _C, _S, _F, _D = b"QPBECSFD"
 _COPY_DONE, _COPY_FAIL = b"cf"
 _JUDGED = frozenset(b"QPBECSFcf")
 _TEXT = frozenset(b"QP")  # messages carrying statement text
@@ -45,8 +48,9 @@ _NAME_BYTES = 63  # the server keys prepared statements and portals by their fir
 # Server messages the gate follows: completions, errors, ReadyForQuery, ParameterStatus, CopyInResponse.
 _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
+# Also followed when masking: every message that tells which result set rows belong to, and the rows.
+_MASKED = frozenset(b"123CIsEZTDdcHnt")
 _AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
-_ENDINGS = {0x49: "empty query", 0x73: "portal suspended: more rows remain", 0x56: "function call returned"}
 
 
 class SessionGate:
@@ -66,6 +70,7 @@ class SessionGate:
         limits: RowLimits | None = None,
         trail: AuditTrail | None = None,
         holding: bool = False,
+        masking: GateMasking | None = None,
     ) -> None:
         """Raises :class:`UnsupportedEncoding` or :class:`GateFatal` when the session cannot be judged."""
         self.judge = Judge(policies, identity, database, read_only=read_only)
@@ -73,15 +78,20 @@ class SessionGate:
         self.database = database
         self.prepared = PreparedStatements()
         self._classifier = classifier
-        self._reading = TextReading(client_encoding, server_encoding, standard_conforming_strings)
+        self.reading = TextReading(client_encoding, server_encoding, standard_conforming_strings)
         self.stand_ins = denial.StandIns()
-        self._barrier = SettingsBarrier()
-        self._limits = limits if limits is not None and limits.active else None
-        self._followed = _FOLLOWED | COUNTED if self._limits is not None else _FOLLOWED
+        self.barrier = SettingsBarrier()
+        self.limits = limits if limits is not None and limits.active else None
+        self.followed = _FOLLOWED | COUNTED if self.limits is not None else _FOLLOWED
         self.trail = trail
         self.holds = Holds(enabled=holding)  # with an approval service: hold, rather than refuse, for approval
         if trail is not None:
-            self._followed = self._followed | _AUDITED
+            self.followed = self.followed | _AUDITED
+        self.masking = masking
+        self._judged = _JUDGED
+        if masking is not None:
+            self.followed = self.followed | _MASKED
+            self._judged = _JUDGED | {_D}
 
     # -- client → server -----------------------------------------------------------------------
     def from_client(self, data: bytes, frames: Sequence[Frame], first: int = 0) -> tuple[bytes, int]:
@@ -94,7 +104,7 @@ class SessionGate:
         index = first
         for index in range(first, len(frames)):
             kind, start, end = frames[index]
-            if kind not in _JUDGED:
+            if kind not in self._judged:
                 continue
             try:
                 outcome = self._judge(kind, data, start, end)
@@ -116,15 +126,17 @@ class SessionGate:
     def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
         """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
         prepared = self.prepared
-        if self._barrier.until is not None and kind in _TEXT:
-            if not self._barrier.refuses:
+        if self.barrier.until is not None and kind in _TEXT:
+            if not self.barrier.refuses:
                 return _WAIT
             refused = barrier_decision()
             if kind == _Q:
-                prepared.sent_query(())
+                self._sent_query(())
                 return self._stand_in(refused, denial.query_stand_in)
             raw_name = data[start : data.index(b"\x00", start, end)]
             prepared.sent_parse(self._name(raw_name), None)
+            if self.masking is not None:
+                self.masking.results.parse()
             return self._stand_in(refused, lambda marker: denial.parse_stand_in(raw_name, marker))
         if kind == _Q:
             text = self._text(data, start, end)
@@ -133,6 +145,12 @@ class SessionGate:
                 return _WAIT
             statements, key = judged
             decision = self.judge.verdict(statements)
+            plans = None
+            if self.masking is not None:
+                screened = self.masking.screen_query(statements, text, key, decision)
+                if isinstance(screened, Wait):
+                    return _WAIT
+                statements, plans, decision = screened
             verdict = None
             if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
                 digest = message_digest(b"Q", self.database, data[start:end])
@@ -143,10 +161,10 @@ class SessionGate:
             if self.trail is not None:
                 self._audit_query(text, key, statements, decision, verdict)
             if decision is not None:
-                prepared.sent_query(())
+                self._sent_query(())
                 return self._stand_in(decision, denial.query_stand_in, verdict)
-            prepared.sent_query(statements)
-            self._barrier.after_query(statements, prepared.boundaries)
+            self._sent_query(statements, plans)
+            self.barrier.after_query(statements, prepared.boundaries)
             return None
         if kind == _P:
             name_end = data.index(b"\x00", start, end)
@@ -160,6 +178,11 @@ class SessionGate:
             statements, key = judged
             decision = self.judge.verdict(statements)
             meaning = meaning_of(statements)
+            if self.masking is not None:
+                screened_parse = self.masking.screen_parse(meaning, text, key, decision)
+                if isinstance(screened_parse, Wait):
+                    return _WAIT
+                meaning, decision = screened_parse
             verdict = None
             if decision is not None and decision.effect is Effect.REQUIRE_APPROVAL and self.holds.enabled:
                 # its text and parameter types: not its name
@@ -174,6 +197,9 @@ class SessionGate:
                     self.trail.parse_denied(meaning, decision, source, discarded=prepared.skipping, approval=verdict)
                 else:
                     meaning = replace(meaning, source=source)  # Binds record the text it was prepared with
+            if self.masking is not None:
+                self.masking.results.parse()
+                self.masking.after_statement(meaning)
             if decision is not None:
                 prepared.sent_parse(name, None)
                 return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker), verdict)
@@ -206,6 +232,8 @@ class SessionGate:
                     portal, statement, decision or self.judge.decide(statement), statement.source,
                     discarded=prepared.skipping, approval=verdict,
                 )
+            if self.masking is not None:
+                self.masking.bind(portal, statement if decision is None else None, data, start, end)
             if decision is not None:
                 prepared.sent_bind(portal, None)
                 return self._stand_in(decision, lambda marker: denial.bind_stand_in(raw_portal, marker), verdict)
@@ -215,15 +243,21 @@ class SessionGate:
             portal = self._name(data[start : data.find(b"\x00", start, end)])
             if self.trail is not None:
                 self.trail.execute(portal, discarded=prepared.skipping)
+            if self.masking is not None:
+                self.masking.results.execute(portal)
             prepared.sent_execute(portal)
-            self._barrier.after_execute(prepared.portal(portal), prepared.boundaries)
+            self.barrier.after_execute(prepared.portal(portal), prepared.boundaries)
         elif kind == _S:
             if self.trail is not None and not prepared.copy_in:
                 self.trail.sync()
+            if self.masking is not None:
+                self.masking.results.sync(prepared.copy_in)
             prepared.sent_sync()
-            self._barrier.after_sync()
+            self.barrier.after_sync()
         elif kind == _C:
             name = self._name(data[start + 1 : end - 1])
+            if self.masking is not None:
+                self.masking.results.close(None if data[start] == ord("S") else name)
             if data[start] == ord("S"):
                 prepared.sent_close_statement(name)
             else:
@@ -236,18 +270,30 @@ class SessionGate:
             if self.trail is not None:
                 self.trail.function_call(call, decision or self.judge.decide(call), discarded=prepared.skipping)
             prepared.sent_function_call()
+            if self.masking is not None:
+                self.masking.results.function_call()
             if decision is not None:
                 return self._stand_in(decision, denial.query_stand_in)
         elif kind in (_COPY_DONE, _COPY_FAIL):
             prepared.sent_copy_end()
+        elif kind == _D and self.masking is not None:
+            name = self._name(data[start + 1 : end - 1])
+            self.masking.describe(data[start] == ord("S"), name, prepared.lookup(name).statement)
         return None
+
+    def _sent_query(self, statements: tuple[Statement, ...], plans: list[ResultPlan] | None = None) -> None:
+        self.prepared.sent_query(statements)
+        if self.masking is not None:
+            self.masking.results.query(plans or [])
+            for statement in statements:
+                self.masking.after_statement(statement)
 
     def _name(self, raw: bytes) -> str:
         """A statement or portal name as the server keys it: cut to 63 bytes (NAMEDATALEN - 1)."""
         if not raw:
             return ""  # the unnamed statement or portal: what most drivers use
-        if self._reading.codec != "utf-8":
-            raw = raw.decode(self._reading.codec, "surrogateescape").encode("utf-8", "surrogateescape")
+        if self.reading.codec != "utf-8":
+            raw = raw.decode(self.reading.codec, "surrogateescape").encode("utf-8", "surrogateescape")
         return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 
     # -- classification and decisions ------------------------------------------------------------
@@ -257,9 +303,9 @@ class SessionGate:
 
     def _decode(self, raw: bytes) -> str | Statement:
         try:
-            return raw.decode(self._reading.codec)
+            return raw.decode(self.reading.codec)
         except UnicodeDecodeError:
-            return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self._reading.codec}")
+            return Statement(Category.UNKNOWN, "?", reason=f"the text is not valid {self.reading.codec}")
 
     def _statements(self, text: str | Statement) -> tuple[tuple[Statement, ...], str | None] | None:
         """The statements of ``text`` with EXECUTE resolved, and the text's shape key; None when a name's
@@ -311,10 +357,10 @@ class SessionGate:
     def _stand_in(self, decision: Decision, build: Callable[[str], bytes], verdict: Verdict | None = None) -> bytes:
         if verdict is not None and not verdict.approved:
             refusal, sqlstate = verdict.refusal(decision)
-            codec = self._reading.codec
+            codec = self.reading.codec
             error = denial.error_response(sqlstate, refusal.reason, detail=None, hint=refusal.hint, codec=codec)
             return self.stand_ins.add(error, build)
-        stand_in = self.stand_ins.add(denial.decision_error(decision, self._reading.codec), build)
+        stand_in = self.stand_ins.add(denial.decision_error(decision, self.reading.codec), build)
         statement = decision.statement
         log.info(
             "%s %s for %s on %s (rule %s)",
@@ -328,59 +374,9 @@ class SessionGate:
 
     # -- server → client -----------------------------------------------------------------------
     def from_server(self, data: bytes, frames: Sequence[Frame]) -> bytes:
-        """Follow the server's answers; return the bytes for the client (stand-in errors replaced).
-
-        Raises :class:`LimitExceeded` when a row goes over the session's limits.
-        """
-        prepared = self.prepared
-        splice: Splice | None = None
-        followed = self._followed
-        limits = self._limits
-        for kind, start, end in frames:
-            if kind not in followed:
-                continue
-            if limits is not None:
-                reason = limits.over(kind)
-                if reason is not None:
-                    allowed = splice.until(start - 5) if splice is not None else data[: start - 5]
-                    raise LimitExceeded(allowed, "54000", f"pgproxy ended the session: {reason}")
-            if kind == 0x31:  # '1' ParseComplete
-                prepared.parse_complete()
-            elif kind == 0x43:  # 'C' CommandComplete
-                prepared.command_complete()
-                if self.trail is not None:
-                    self.trail.completed(data[start : end - 1].decode("ascii", "replace"))
-            elif kind == 0x5A:  # 'Z' ReadyForQuery
-                prepared.ready()
-                if self.trail is not None:
-                    self.trail.ready()
-                self._barrier.ready()
-                if prepared.idle:
-                    self.stand_ins.clear()  # every stand-in has been answered or skipped
-            elif kind == 0x45:  # 'E' ErrorResponse
-                prepared.error()
-                replacement = self.stand_ins.replacement(data[start:end])
-                if replacement is not None:
-                    if splice is None:
-                        splice = Splice(data)
-                    splice.swap(start - 5, end, replacement)
-                if self.trail is not None:
-                    body = data[start:end] if replacement is None else replacement[5:]
-                    self.trail.failed(*error_fields(body, self._reading.codec))
-            elif kind == 0x33:  # '3' CloseComplete
-                prepared.close_complete()
-            elif kind in (0x49, 0x73):  # 'I' EmptyQueryResponse, 's' PortalSuspended
-                prepared.execute_finished_without_command()
-                if self.trail is not None:
-                    self.trail.ended_without_command(_ENDINGS[kind])
-            elif kind == 0x56:  # 'V' FunctionCallResponse (followed only when auditing)
-                assert self.trail is not None
-                self.trail.ended_without_command(_ENDINGS[kind])
-            elif kind == 0x47:  # 'G' CopyInResponse
-                prepared.copy_in_started()
-            elif kind == 0x53:  # 'S' ParameterStatus
-                self._reading.parameter_status(data, start, end)
-        return data if splice is None else splice.until(len(data))
+        """Follow the server's answers; return the bytes for the client (stand-in errors replaced, masked
+        rows). Raises :class:`LimitExceeded` when a row goes over the session's limits."""
+        return follow_answers(self, data, frames)
 
 
 class _Wait:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,11 +23,14 @@ from pgproxy.audit.service import AuditService
 from pgproxy.auth.identity import Identity
 from pgproxy.auth.oidc import TokenRejected
 from pgproxy.dsn import UpstreamTarget
-from pgproxy.gate.encoding import UnsupportedEncoding
+from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
 from pgproxy.gate.holds import Hold
 from pgproxy.gate.judge import PolicySource
+from pgproxy.gate.masking import GateMasking
 from pgproxy.gate.reading import GateFatal
 from pgproxy.gate.session import SessionGate
+from pgproxy.masking.catalog import Catalogs, CatalogUnavailable
+from pgproxy.masking.registry import PlannerRegistry
 from pgproxy.policy.engine import SessionProfile, session_profile
 from pgproxy.server.admission import is_loopback, row_limits, upstream_session_settings
 from pgproxy.server.cancel import CancelRegistry, UpstreamKey
@@ -74,6 +78,16 @@ class ProxyContext:
     audit: AuditService | None = None  # None: no audit log (only when explicitly configured so)
     redact_literals: bool = False  # audit records show statements with constants replaced by $n
     approvals: ApprovalService | None = None  # None: statements needing approval are refused, not held
+    masking: MaskingSetup | None = None  # None: no column is masked (no policy names one)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingSetup:
+    """What column masking shares across sessions: catalog readings, planners, the hash key."""
+
+    catalogs: Catalogs
+    registry: PlannerRegistry = field(default_factory=PlannerRegistry)
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
 
 class Refusal(Exception):
@@ -251,6 +265,11 @@ class ClientConnection:
         except GateFatal as exc:
             upstream.endpoint.close()
             raise Refusal(exc.sqlstate, exc.message) from exc
+        if self.context.masking is not None and profile.masks:
+            try:  # read the catalog now rather than at the first statement (shared by later sessions)
+                await self.context.masking.catalogs.ready(startup.database)
+            except CatalogUnavailable as exc:
+                log.warning("%s; statements reading tables will be refused until it can be read", exc)
         try:
             await self.records.started(startup, identity, profile.upstream_role)
         except AuditStoreUnavailable as exc:
@@ -281,6 +300,7 @@ class ClientConnection:
             gate=gate,
             audit=self.context.audit,
             approvals=self._approvals(identity, startup, profile),
+            load_catalog=self.context.masking.catalogs.ready if self.context.masking is not None else None,
         )
         self._schedule_expiry(identity)
         self.relay.start(b"", upstream.leftover)
@@ -314,6 +334,22 @@ class ClientConnection:
             limits=row_limits(profile),
             trail=self.records.trail(identity, startup, profile.upstream_role, self.context.redact_literals),
             holding=self.context.approvals is not None,
+            masking=self._masking(identity, startup, reported),
+        )
+
+    def _masking(self, identity: Identity, startup: ClientStartup, reported: Mapping[str, str]) -> GateMasking | None:
+        setup = self.context.masking
+        if setup is None:
+            return None
+        return GateMasking(
+            policies=self.context.policies,
+            identity=identity,
+            database=startup.database,
+            catalogs=setup.catalogs,
+            registry=setup.registry,
+            key=setup.key,
+            login_role=self.context.upstream.user,
+            codec=python_codec(reported.get("client_encoding", "UTF8"), reported.get("server_encoding", "UTF8")),
         )
 
     def _approvals(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pgproxy.approvals.service import PendingApproval
 from pgproxy.audit.jsonl import AuditStoreUnavailable
@@ -58,6 +58,7 @@ class Relay:
         gate: SessionGate | None = None,
         audit: AuditService | None = None,
         approvals: Callable[[Hold], PendingApproval] | None = None,
+        load_catalog: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.client = client
         self.gate = gate
@@ -70,6 +71,8 @@ class Relay:
         self._approval: PendingApproval | None = None  # the request the held messages wait for
         self._before_hold = b""  # judged messages of the same run as the held one, forwarded with it
         self._hold: Hold | None = None  # what the pending approval is about (recorded if the client leaves)
+        self._load_catalog = load_catalog  # reads a database's catalog for masking (None: no masking)
+        self._catalog_wait: asyncio.Future[object] | None = None  # a reading the held messages wait for
         self.end_reason: str | None = None
         # Client messages the gate could not judge yet (a prepared statement the server has not
         # confirmed): (chunk, its frames, index of the first unhandled frame), forwarded in order later.
@@ -118,7 +121,7 @@ class Relay:
             return
         if not complete:
             return
-        if self._held or self._audit_wait is not None or self._approval is not None:
+        if self._held or self._audit_wait is not None or self._approval is not None or self._catalog_wait is not None:
             # A client sending more while earlier requests wait: stop reading it (bounded memory).
             self._held.append((complete, frames, 0))
             self._pause_client()
@@ -141,6 +144,8 @@ class Relay:
                 return False
         if gate is not None and gate.holds.pending is not None:
             self._ask_approvers(gate.holds.take())
+        if gate is not None and gate.masking is not None and gate.masking.wants_catalog:
+            self._read_catalog(gate.masking.database)
         client_sent = self.in_flight.client_sent
         for index in range(first, stop):
             kind = frames[index][0]
@@ -257,6 +262,27 @@ class Relay:
         self.gate.holds.resolve(future.result())
         self._hold_ended()
 
+    def _read_catalog(self, database: str) -> None:
+        """The gate needs a (fresh) catalog reading to plan masking: read it; held messages wait for it."""
+        assert self.gate is not None and self.gate.masking is not None
+        self.gate.masking.wants_catalog = False
+        if self._catalog_wait is not None or self._load_catalog is None:
+            return
+        self._catalog_wait = asyncio.ensure_future(self._load_catalog(database))
+        self._catalog_wait.add_done_callback(self._catalog_read)
+
+    def _catalog_read(self, future: asyncio.Future[object]) -> None:
+        self._catalog_wait = None
+        if self._finished:
+            return
+        assert self.gate is not None and self.gate.masking is not None
+        failed = future.cancelled() or future.exception() is not None
+        if failed:
+            log.warning("could not read the catalog for masking: %s", "cancelled" if future.cancelled() else
+                        future.exception())
+        self.gate.masking.catalog_failed = failed
+        self._release_held()
+
     def _pause_client(self) -> None:
         if self._client_paused:
             return
@@ -266,7 +292,7 @@ class Relay:
 
     def _release_held(self) -> None:
         """Forward held client messages now that the server has answered; stop again if still needed."""
-        if self._audit_wait is not None or self._approval is not None:
+        if self._audit_wait is not None or self._approval is not None or self._catalog_wait is not None:
             return  # their turn comes when the intents before them are durable, or approvers decided
         while self._held:
             chunk, frames, first = self._held.pop(0)

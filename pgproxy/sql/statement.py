@@ -116,6 +116,8 @@ class Statement:
     node: str | None = None  # the parser's node type of the statement ("SelectStmt"), None when unparsed
     # A prepared statement's own text, kept with its classification when auditing (never compared).
     source: StatementSource | None = field(default=None, compare=False, repr=False)
+    # A session's own data about a prepared statement (its result masking plan); never compared.
+    result: object | None = field(default=None, compare=False, repr=False)
 
     @property
     def relations(self) -> frozenset[Relation]:
