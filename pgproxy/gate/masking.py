@@ -147,6 +147,12 @@ class GateMasking:
             return meaning, planned
         return replace(meaning, result=PreparedResult(planned)), decision
 
+    def screen_call(self, call: Statement, decision: Decision | None) -> Decision | None:
+        """A fast-path FunctionCall: code pgproxy cannot trace, refused while masks apply to the session."""
+        if decision is not None or not self.masks:
+            return decision
+        return _masking_denial(call, "it calls a function by OID, whose results pgproxy cannot trace to columns")
+
     def bind(self, portal: str, statement: Statement | None, data: bytes, start: int, end: int) -> None:
         """A Bind went upstream (``statement`` None: a stand-in that fails)."""
         held = statement.result if statement is not None else None
@@ -197,6 +203,14 @@ class GateMasking:
             prepared = statement.prepared.result
             inner = prepared.plan if isinstance(prepared, PreparedResult) else None
             return ResultPlan(reads_masked=True, cursor_plan=inner or _UNPLANNED_EXECUTE)
+        unknown = planner.unknown(statement)
+        if unknown:
+            names = ", ".join(sorted(str(relation) for relation in unknown))
+            return _masking_denial(
+                statement,
+                f"pgproxy's catalog does not know {names} (a temporary object, or one just created elsewhere),"
+                " so it cannot tell whether masked columns are behind it",
+            )
         planned = planner.plan(statement, key or text)
         if isinstance(planned, Refused) and key is not None and text is not None and key != text:
             planned = planner.plan(statement, text)  # the normalized text may not trace where the text does

@@ -267,6 +267,8 @@ class SessionGate:
         elif kind == _F:
             call = fast_path_statement(_unpack_oid(data, start)[0])
             decision = self.judge.verdict((call,))
+            if self.masking is not None:
+                decision = self.masking.screen_call(call, decision)
             if self.trail is not None:
                 self.trail.function_call(call, decision or self.judge.decide(call), discarded=prepared.skipping)
             prepared.sent_function_call()

@@ -54,7 +54,7 @@ LEFT JOIN LATERAL (
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 ) cols ON true
-WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
   AND n.nspname <> 'pg_toast'
   AND n.nspname NOT LIKE 'pg\_temp\_%'
   AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'

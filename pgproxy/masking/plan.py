@@ -29,7 +29,7 @@ from pgproxy.masking.resolve import MaskedCatalog, output_rule
 from pgproxy.masking.rules import ColumnRule
 from pgproxy.masking.snapshot import Relation as CatalogRelation
 from pgproxy.sql.classify import classify_uncached
-from pgproxy.sql.statement import Category, Relation, Statement
+from pgproxy.sql.statement import Category, Flag, Relation, Statement
 
 _PLAN_CACHE_LIMIT = 2048
 _CURSOR_BINARY, _CURSOR_HOLD = 0x01, 0x20  # DeclareCursorStmt.options bits (PostgreSQL's parsenodes.h)
@@ -102,6 +102,11 @@ class Planner:
         if node in ("FetchStmt", "ClosePortalStmt") and text is not None:
             return _cursor_plan(node, text)
         masked_reads = self._masked(statement.reads | statement.writes)
+        if masked_reads and statement.unsafe_functions:
+            called = ", ".join(sorted(statement.unsafe_functions))
+            return Refused(f"it calls {called}, which could carry masked values where pgproxy does not mask them")
+        if masked_reads and Flag.EXPLAIN_ANALYZE in statement.flags and self._guarded(masked_reads):
+            return Refused("EXPLAIN ANALYZE counts the rows a filter on a column whose mask refuses predicates keeps")
         if not masked_reads or statement.command in _NO_DATA:
             return NO_PLAN if node != "DeclareCursorStmt" or text is None else self._declare(text, NO_PLAN)
         if text is None:
@@ -118,8 +123,12 @@ class Planner:
         return planned
 
     # -- what is refused before tracing --------------------------------------------------------------
+    def _guarded(self, relations: list[CatalogRelation]) -> bool:
+        guarded = self.catalog.predicate_guarded
+        return any(f"{r.qualified}.{c.name}" in guarded for r in relations for c in r.columns)
+
     def _refusal(self, statement: Statement) -> str | None:
-        if statement.category is Category.PROCEDURAL or statement.unsafe_functions:
+        if statement.category is Category.PROCEDURAL:
             called = ", ".join(sorted(statement.unsafe_functions)) or statement.command
             return f"it runs code ({called}) whose results pgproxy cannot trace to columns, and masked columns exist"
         if statement.setting == "search_path" or "set_config" in statement.functions:
@@ -146,8 +155,8 @@ class Planner:
         return found
 
     def unknown(self, statement: Statement) -> list[Relation]:
-        """Relations the statement names that the catalog does not know (the caller may refresh it)."""
-        return [r for r in statement.relations if self._resolve(r) is None]
+        """Relations the statement reads that the catalog does not know (the caller may refresh it)."""
+        return [r for r in statement.reads if self._resolve(r) is None]
 
     # -- tracing ------------------------------------------------------------------------------------
     def _plan_masked(self, statement: Statement, text: str) -> ResultPlan | Refused:

@@ -160,6 +160,19 @@ def test_writes_that_would_store_masked_values_are_refused(masked: MaskedSchema,
     assert masked.direct("SELECT name FROM customers ORDER BY id") == [(row[1],) for row in ROWS]
 
 
+def test_objects_the_catalog_cannot_see_are_refused(masked: MaskedSchema) -> None:
+    """A temporary view is invisible to pgproxy's catalog reading: reading it could bypass masking."""
+    with psycopg.connect(masked.proxy.conninfo(masked.agent()), autocommit=True) as conn:
+        conn.execute(masked.q("CREATE TEMP VIEW hidden AS SELECT lower(email) AS e FROM S.customers"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute("SELECT e || '' FROM hidden")
+        assert "does not know" in str(refused.value)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as notified:
+            conn.execute(masked.q("SELECT pg_notify('leak', email) FROM S.customers"))
+        assert "pg_notify" in str(notified.value)
+        assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
+
+
 def test_returning_is_masked(masked: MaskedSchema) -> None:
     with psycopg.connect(masked.proxy.conninfo(masked.agent())) as conn:
         query = "UPDATE S.customers SET name = name WHERE id = 1 RETURNING email, lower(email)"
