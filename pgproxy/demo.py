@@ -110,7 +110,7 @@ def run_demo(state_dir: Path, port: int, policies: Path, *, web_port: int) -> No
         async def announce() -> None:
             print("pgproxy demo is running. Connect as the demo agent with:\n")
             print("  " + psql_command(token, port, "agent-x") + "\n")
-            print(f"The agent may read (customers' email and phone are listed for masking); DDL or exports wait "
+            print(f"The agent may read (customers' email and phone come back masked); DDL or exports wait "
                   f"for a DBA's approval at https://127.0.0.1:{web_port}/approvals (self-signed certificate: sign "
                   f"in with the demo issuer and choose the DBA). The policies are in {policies}.")
             print(f"Mint other identities with: pgproxy token --sub NAME --email NAME@example.com "

@@ -46,10 +46,12 @@ def follow_answers(gate: SessionGate, data: bytes, frames: Sequence[Frame]) -> b
                 raise LimitExceeded(allowed, "54000", f"pgproxy ended the session: {reason}")
         masked = None
         if results is not None:
+            if kind == 0x44 and results.maskers is None:
+                continue  # a row of a result set with no masked column: relayed as it is
             try:
                 masked = results.server_message(kind, data, start, end)
-            except ValueError as exc:  # MaskingError: a row or COPY chunk pgproxy could not take apart
-                log.error("could not mask a result: %s", exc)
+            except Exception as exc:  # MaskingError (a row or COPY chunk it could not take apart), or a bug
+                log.exception("could not mask a result")
                 raise GateFatal("XX000", _UNMASKABLE) from exc
             if masked is not None and kind != 0x45:
                 if splice is None:

@@ -82,7 +82,7 @@ class ResultMasker:
         self._requests: deque[_Request] = deque()
         self._portals: dict[str, _Portal] = {}
         self._skipping = False  # after an extended-protocol error, until the client's Sync
-        self._maskers: tuple[Masker | None, ...] | None = None  # of the result set being sent
+        self.maskers: tuple[Masker | None, ...] | None = None  # of the result set being sent
         self._copy: CopyOutMasker | None = None
 
     # -- what was forwarded --------------------------------------------------------------------
@@ -131,7 +131,7 @@ class ResultMasker:
     def server_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         """None: relay the message as is; bytes: send these instead (possibly empty)."""
         if kind == 0x44:  # 'D' DataRow: the hot path
-            maskers = self._maskers
+            maskers = self.maskers
             if maskers is None:
                 return None
             if maskers is NULL_EVERY_COLUMN:
@@ -179,13 +179,13 @@ class ResultMasker:
         """The head request is answered; an Execute next in line gets its portal's maskers now (its rows
         come next, and the Bind before it has been confirmed or refused by now)."""
         self._requests.popleft()
-        self._maskers = None
+        self.maskers = None
         self._head_changed()
 
     def _head_changed(self) -> None:
         head = self._requests[0] if self._requests else None
         if head is not None and head.kind == "E":
-            self._maskers = self._portal_maskers(head.portal)
+            self.maskers = self._portal_maskers(head.portal)
 
     def _row_description(self, head: _Request | None, data: bytes, start: int, end: int) -> None:
         fields = tuple(
@@ -193,7 +193,7 @@ class ResultMasker:
             for f in decode_row_description(memoryview(data)[start:end]).fields
         )
         formats = tuple(f.format_code for f in decode_row_description(memoryview(data)[start:end]).fields)
-        self._maskers = None
+        self.maskers = None
         if head is None:
             return
         if head.kind == "DS":
@@ -210,7 +210,7 @@ class ResultMasker:
             self._pop()
         elif head.kind == "Q":
             plan = self._query_plan(head)
-            self._maskers = self._build(plan, fields, formats)
+            self.maskers = self._build(plan, fields, formats)
 
     def _query_plan(self, head: _Request) -> ResultPlan:
         plan = head.plans[head.index] if head.index < len(head.plans) else _UNKNOWN
@@ -282,7 +282,7 @@ class ResultMasker:
         return tuple(maskers) if any(m is not None for m in maskers) else None
 
     def _statement_done(self, head: _Request | None, *, completed: bool) -> None:
-        self._maskers = None
+        self.maskers = None
         if head is None:
             return
         if head.kind == "E":
@@ -339,7 +339,7 @@ class ResultMasker:
         )
 
     def _error(self, head: _Request | None, data: bytes, start: int, end: int) -> bytes | None:
-        self._maskers, self._copy = None, None
+        self.maskers, self._copy = None, None
         if head is None:
             return None
         withheld = False
@@ -358,7 +358,7 @@ class ResultMasker:
         return _withheld(data, start, end) if withheld and self.catalog is not None else None
 
     def _ready(self, head: _Request | None, status: str) -> None:
-        self._maskers, self._copy = None, None
+        self.maskers, self._copy = None, None
         while self._requests:
             request = self._requests.popleft()
             if request.kind in ("Q", "S", "F"):

@@ -172,12 +172,15 @@ def test_demo_prints_a_working_psql_command(tmp_path: Path) -> None:
         token, conninfo = match.group(1).strip("'"), match.group(2)
         result = subprocess.run(
             ["psql", "-X", "-At", conninfo, "-c",
-             "SELECT count(*) FROM customers; SHOW application_name"],
+             "SELECT count(*) FROM customers; SHOW application_name;"
+             " SELECT email, phone FROM customers WHERE name = 'Ada Lovelace'"],
             env={"PATH": "/usr/bin:/bin", "PGPASSWORD": token}, capture_output=True, text=True, timeout=60,
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines() == ["3", "agent-x@example.com via pgproxy (psql)"]
+        assert result.stdout.splitlines() == [
+            "3", "agent-x@example.com via pgproxy (psql)", "***@example.com|************0018",
+        ]
         # The agent's DROP TABLE waits for approval; a DBA denies it through the review page's API.
         held = subprocess.Popen(
             ["psql", "-X", "-At", conninfo, "-c", "DROP TABLE orders"],

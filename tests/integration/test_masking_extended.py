@@ -7,6 +7,7 @@ DDL seen through pgproxy, writes that would copy masked values, and the audit lo
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,10 @@ async def _asyncpg_rows(masked: MaskedSchema) -> tuple[list[tuple[Any, ...]], li
         async with conn.transaction():
             cursor = conn.cursor(masked.q("SELECT id, phone FROM S.customers ORDER BY id"), prefetch=1)
             phones = [tuple(r.values()) async for r in cursor]
+        exported = io.BytesIO()
+        await conn.copy_from_query(masked.q("SELECT id, email FROM S.customers ORDER BY id"), output=exported,
+                                   format="csv")
+        lowered.append(exported.getvalue().decode())
         return first + again, phones, lowered
     finally:
         await conn.close()
@@ -52,7 +57,9 @@ def test_asyncpg_binary_prepared_and_cursor(masked: MaskedSchema) -> None:
     expected = expected_customers(masked)
     assert rows == expected + expected
     assert phones == [(row[0], partial(row[3])) for row in ROWS]
+    csv_text = lowered.pop()
     assert lowered == [None if row[2] is None else "***" for row in ROWS] + [email(ROWS[0][2])]
+    assert csv_text.splitlines() == [f"{row[0]},{email(row[2]) or ''}" for row in ROWS]
 
 
 # -- a JDBC-style flow on the raw protocol --------------------------------------------------------------
