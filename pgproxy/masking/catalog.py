@@ -63,6 +63,8 @@ ORDER BY c.oid
 
 # Partitions and inheritance children, whose rows are also their parents' rows.
 _PARENTS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno"
+# Functions returning sets: their row counts depend on their arguments (see masking.guard).
+_SET_RETURNING = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE proretset"
 _TYPES = "SELECT oid, typname::text, typcategory::text, typbasetype FROM pg_catalog.pg_type"
 
 # setrole = 0 / setdatabase = 0 mean "all roles" / "all databases". pg_roles (not pg_authid) because
@@ -98,6 +100,7 @@ async def read_catalog(conn: asyncpg.Connection, database: str, *, generation: i
         await conn.execute("SET LOCAL search_path = pg_catalog")
         relation_rows = await conn.fetch(_RELATIONS)
         parent_rows = await conn.fetch(_PARENTS)
+        set_returning = frozenset(row[0] for row in await conn.fetch(_SET_RETURNING))
         type_rows = await conn.fetch(_TYPES)
         setting_rows = await conn.fetch(_SETTINGS)
         server_row = await conn.fetchrow(_SERVER_PATH)
@@ -112,6 +115,7 @@ async def read_catalog(conn: asyncpg.Connection, database: str, *, generation: i
         search_paths=MappingProxyType(search_paths([(r[0], r[1], r[2], r[3]) for r in setting_rows], server_path)),
         generation=generation,
         parents=MappingProxyType(_parents(parent_rows)),
+        set_returning=set_returning,
     )
 
 

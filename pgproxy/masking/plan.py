@@ -24,6 +24,7 @@ from typing import Any
 
 import pglast.parser
 
+from pgproxy.masking.guard import code_refusal, guarded_refusal
 from pgproxy.masking.lineage import Unresolvable, inner_query, trace
 from pgproxy.masking.resolve import MaskedCatalog, output_rule
 from pgproxy.masking.rules import ColumnRule
@@ -36,9 +37,12 @@ _CURSOR_BINARY, _CURSOR_HOLD = 0x01, 0x20  # DeclareCursorStmt.options bits (Pos
 # Statements that send no rows and store no values. Views and materialized views store no values pgproxy
 # would not mask: reading them is masked through their definitions (``resolve``).
 _NO_DATA = frozenset({
-    "EXPLAIN", "SHOW", "DEALLOCATE", "DEALLOCATE ALL", "CLOSE CURSOR", "MOVE", "CREATE VIEW",
-    "CREATE MATERIALIZED VIEW", "REFRESH MATERIALIZED VIEW", "ALTER VIEW", "DROP VIEW", "DROP MATERIALIZED VIEW",
+    "EXPLAIN", "SHOW", "DEALLOCATE", "DEALLOCATE ALL", "CLOSE CURSOR", "MOVE", "ALTER VIEW", "DROP VIEW",
+    "DROP MATERIALIZED VIEW",
 })
+# Defining a view stores no values (reading it is masked through its definition); a materialized view
+# runs its query, so the server's errors are withheld.
+_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ class Planner:
 
     def plan(self, statement: Statement, text: str | None) -> ResultPlan | Refused:
         """The plan for ``statement`` whose own text is ``text`` (None when pgproxy has no text for it)."""
-        refusal = self._refusal(statement)
+        refusal = self._refusal(statement) or code_refusal(statement)
         if refusal is not None:
             return Refused(refusal)
         node = statement.node
@@ -164,6 +168,16 @@ class Planner:
         try:
             if node == "CopyStmt":
                 return self._copy(text)
+            if statement.command in _VIEWS:
+                inner = inner_query(text)
+                if inner is None:
+                    return Refused("pgproxy cannot find the query of this view")
+                plan = self._trace(inner, _inner_statement(inner))
+                if isinstance(plan, Refused):
+                    return plan
+                return NO_PLAN if statement.command == "CREATE VIEW" else ResultPlan(reads_masked=True)
+            if statement.command == "REFRESH MATERIALIZED VIEW":
+                return ResultPlan(reads_masked=True)
             if node == "DeclareCursorStmt":
                 inner = inner_query(text)
                 if inner is None:
@@ -185,9 +199,11 @@ class Planner:
         for relation in self._masked(statement.reads):
             if (relation.schema, relation.name) not in traced.tables:
                 return Refused(f"pgproxy could not follow how {relation.qualified} is read")
-        guarded = sorted(traced.predicates & self.catalog.predicate_guarded)
-        if guarded:
-            return Refused(f"it filters, joins, groups or orders on masked column {', '.join(guarded)}")
+        guarded = guarded_refusal(
+            traced, self.catalog.predicate_guarded, text, statement, self.catalog.snapshot.set_returning
+        )
+        if guarded is not None:
+            return Refused(guarded)
         if statement.category is not Category.READ:
             stored = sorted(traced.elsewhere - traced.predicates)
             if stored:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from pgproxy.masking.guard import guarded_refusal
 from pgproxy.masking.lineage import OutputSources, Unresolvable, trace
 from pgproxy.masking.rules import ColumnRule, strictest
 from pgproxy.masking.snapshot import VIEW_KINDS, CatalogSnapshot, Relation
@@ -185,6 +186,10 @@ def _trace_view(
         return str(exc)
     if len(traced.outputs) != len(view.columns):
         return "its definition has a different number of columns than the view"
+    if statements:
+        asks = guarded_refusal(traced, frozenset(guarded), view.definition, statements[0], snapshot.set_returning)
+        if asks is not None:
+            return asks.replace("it ", "its definition ", 1)
     view_rules: dict[str, ColumnRule] = {}
     view_guarded: set[str] = set()
     for column, sources in zip(view.columns, traced.outputs, strict=True):

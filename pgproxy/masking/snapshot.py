@@ -66,6 +66,7 @@ class CatalogSnapshot:
     generation: int = 0  # increases with every reading of the same database
     # Partitions and inheritance children: relation OID → its direct parents' OIDs (pg_inherits).
     parents: Mapping[int, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    set_returning: frozenset[str] = frozenset()  # names of set-returning functions (pg_proc.proretset)
 
     @cached_property
     def by_oid(self) -> Mapping[int, Relation]:

@@ -137,9 +137,8 @@ def test_views_created_through_pgproxy_are_masked_at_once(masked: MaskedSchema) 
         rows = conn.execute(masked.q("SELECT contact FROM S.fresh ORDER BY id")).fetchall()
         conn.execute(masked.q("CREATE MATERIALIZED VIEW S.kept AS SELECT id, upper(email) AS shout FROM S.customers"))
         kept = conn.execute(masked.q("SELECT shout FROM S.kept ORDER BY id")).fetchall()
-        conn.execute(masked.q("CREATE VIEW S.whole AS SELECT c AS everything FROM S.customers c"))
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(masked.q("SELECT * FROM S.whole"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="whole-row"):
+            conn.execute(masked.q("CREATE VIEW S.whole AS SELECT c AS everything FROM S.customers c"))
     assert [row[0] for row in rows] == [email(row[2]) for row in ROWS]
     assert [row[0] for row in kept] == [None if row[2] is None else "***" for row in ROWS]
 

@@ -81,7 +81,7 @@ def test_refusals_name_the_reason(masked: MaskedSchema) -> None:
     done = psql(masked, "SELECT c FROM S.customers c", "SELECT id FROM S.customers WHERE ssn = '123-45-6789'",
                 "SELECT 'alive'")
     assert "whole-row" in done.stderr
-    assert "filters, joins, groups or orders on masked column" in done.stderr
+    assert "filters, joins, groups, orders or computes with masked column" in done.stderr
     assert lines(done.stdout) == ["alive"]
 
 

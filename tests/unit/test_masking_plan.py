@@ -276,7 +276,7 @@ def test_unknown_relations_are_reported() -> None:
     ("SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers", "it calls lo_from_bytea"),
     ("SELECT setval('s', length(email)) FROM customers", "it calls setval"),
     ("EXPLAIN ANALYZE SELECT 1 FROM customers WHERE ssn LIKE '1%'", "EXPLAIN ANALYZE counts the rows"),
-    ("SELECT id FROM customers WHERE ssn = '1'", "filters, joins, groups or orders on masked column app.customers.ssn"),
+    ("SELECT id FROM customers WHERE ssn = '1'", "filters, joins, groups, orders or computes with masked column app.customers.ssn"),
     ("SELECT id FROM customers ORDER BY ssn", "app.customers.ssn"),
     ("SELECT id FROM customers_2024 WHERE ssn LIKE '1%'", "app.customers_2024.ssn"),
     ("CREATE TABLE copy AS SELECT email FROM customers", "would store values of masked column app.customers.email"),
