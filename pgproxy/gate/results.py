@@ -84,6 +84,11 @@ class ResultMasker:
         self._skipping = False  # after an extended-protocol error, until the client's Sync
         self.maskers: tuple[Masker | None, ...] | None = None  # of the result set being sent
         self._copy: CopyOutMasker | None = None
+        # (plan, catalog, columns, formats) → maskers; plan and catalog kept to make their ids unique
+        self._built: dict[
+            tuple[int, int, object, tuple[int, ...]],
+            tuple[ResultPlan, MaskedCatalog, tuple[Masker | None, ...] | None],
+        ] = {}
 
     # -- what was forwarded --------------------------------------------------------------------
     def query(self, plans: list[ResultPlan]) -> None:
@@ -188,14 +193,16 @@ class ResultMasker:
             self.maskers = self._portal_maskers(head.portal)
 
     def _row_description(self, head: _Request | None, data: bytes, start: int, end: int) -> None:
-        fields = tuple(
-            (f.table_oid, f.column_attr, f.type_oid, f.type_modifier)
-            for f in decode_row_description(memoryview(data)[start:end]).fields
-        )
-        formats = tuple(f.format_code for f in decode_row_description(memoryview(data)[start:end]).fields)
         self.maskers = None
         if head is None:
             return
+        if self.catalog is None:  # nothing is masked in this session: no need to read the columns
+            if head.kind in ("DS", "DP"):
+                self._pop()
+            return
+        described = decode_row_description(memoryview(data)[start:end]).fields
+        fields = tuple((f.table_oid, f.column_attr, f.type_oid, f.type_modifier) for f in described)
+        formats = tuple(f.format_code for f in described)
         if head.kind == "DS":
             if head.prepared is not None:
                 head.prepared.fields = fields
@@ -237,12 +244,32 @@ class ResultMasker:
         return portal.maskers or None
 
     def _build(
-        self, plan: ResultPlan, fields: Sequence[tuple[int, int, int, int]] | None, formats: Sequence[int]
+        self, plan: ResultPlan, fields: tuple[tuple[int, int, int, int], ...] | None, formats: tuple[int, ...]
     ) -> tuple[Masker | None, ...] | None:
-        """The maskers of one result set; None when no column is masked (the raw fast path)."""
+        """The maskers of one result set; None when no column is masked (the raw fast path).
+
+        Remembered per plan, columns and formats: a statement run again gets the same maskers without
+        building them (an HMAC key schedule, type lookups) anew."""
         catalog = self.catalog
         if catalog is None:
             return None
+        key = (id(plan), id(catalog), fields, formats)
+        known = self._built.get(key)
+        if known is not None and known[0] is plan and known[1] is catalog:
+            return known[2]
+        maskers = self._build_new(catalog, plan, fields, formats)
+        if len(self._built) >= _BUILT_LIMIT:
+            self._built.clear()
+        self._built[key] = (plan, catalog, maskers)
+        return maskers
+
+    def _build_new(
+        self,
+        catalog: MaskedCatalog,
+        plan: ResultPlan,
+        fields: tuple[tuple[int, int, int, int], ...] | None,
+        formats: tuple[int, ...],
+    ) -> tuple[Masker | None, ...] | None:
         planned = plan.columns
         if fields is None:
             # Rows without a description (a driver that skipped Describe): only the plan can tell, and
@@ -369,6 +396,7 @@ class ResultMasker:
         self._head_changed()
 
 
+_BUILT_LIMIT = 256
 _UNKNOWN = ResultPlan(reads_masked=True)  # results pgproxy cannot trace to a statement it planned
 
 
