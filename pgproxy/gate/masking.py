@@ -79,6 +79,9 @@ class GateMasking:
         self.catalog_failed = False  # the last load failed: statements that need it are refused
         self._masks_version = -1
         self._masks: tuple[Mask, ...] = ()
+        self._current: tuple[CatalogSnapshot | None, int, Planner] | None = None  # the planner last used
+        # id(statement) → (statement, planner, plan): plans of shared Statement objects, see plan_query
+        self._remembered: dict[int, tuple[Statement, Planner, ResultPlan]] = {}
         self._retried: set[str] = set()  # unknown relation names a catalog refresh was already tried for
         self._catalog_changed = False  # a statement that may change the catalog ran in this transaction
 
@@ -102,12 +105,26 @@ class GateMasking:
         planner = self._planner(statements)
         if not isinstance(planner, Planner):
             return planner
-        texts = _texts(text, len(statements))
+        remembered = self._remembered
         plans: list[ResultPlan] = []
+        texts: list[str | None] | None = None
         for index, statement in enumerate(statements):
-            planned = self._plan_one(planner, statement, texts[index], key if len(statements) == 1 else None)
+            known = remembered.get(id(statement))
+            if known is not None and known[0] is statement and known[1] is planner:
+                plans.append(known[2])
+                continue
+            if texts is None:
+                texts = _texts(text, len(statements))
+            single = len(statements) == 1
+            planned = self._plan_one(planner, statement, texts[index], key if single else None)
             if isinstance(planned, Decision):
                 return planned
+            # Shared Statement objects stand for one normalized text (the classifier's cache), so a plan
+            # made from that text, or one needing no text, holds for every later use of the object.
+            if planned is NO_PLAN or (single and key is not None and planner.cached(statement, key) is planned):
+                if len(remembered) >= _REMEMBERED_LIMIT:
+                    remembered.clear()
+                remembered[id(statement)] = (statement, planner, planned)
             plans.append(planned)
         return plans
 
@@ -169,6 +186,13 @@ class GateMasking:
 
     def _planner(self, statements: Sequence[Statement]) -> Planner | Decision | Wait:
         snapshot = self._catalogs.snapshot(self.database)
+        current = self._current
+        if (
+            current is not None and current[0] is snapshot and current[1] == self._policies.version
+            and not self._catalogs.stale(self.database)
+            and all(self._remembered.get(id(s), (None,))[0] is s for s in statements)
+        ):
+            return current[2]  # the common case: nothing changed and every statement was planned before
         needs_tables = any(statement.relations for statement in statements)
         if snapshot is None or self._catalogs.stale(self.database):
             if self.catalog_failed:
@@ -180,6 +204,7 @@ class GateMasking:
                 return WAIT
         assert snapshot is not None
         planner = self._registry.planner(snapshot, self.masks, self._policies.version, self._search_path(snapshot))
+        self._current = (snapshot, self._policies.version, planner)
         self.results.catalog = planner.catalog
         if not self.catalog_failed:
             unknown = {str(r) for s in statements for r in planner.unknown(s)} - self._retried
@@ -244,6 +269,7 @@ class GateMasking:
 
 
 _UNPLANNED_EXECUTE = ResultPlan(reads_masked=True)
+_REMEMBERED_LIMIT = 4096
 
 
 def bind_result_formats(data: bytes, start: int, end: int) -> tuple[int, ...]:

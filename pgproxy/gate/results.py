@@ -82,6 +82,7 @@ class ResultMasker:
         self._requests: deque[_Request] = deque()
         self._portals: dict[str, _Portal] = {}
         self._skipping = False  # after an extended-protocol error, until the client's Sync
+        self._copy_in = False  # in COPY FROM STDIN and the client has not ended it: Syncs are ignored
         self.maskers: tuple[Masker | None, ...] | None = None  # of the result set being sent
         self._copy: CopyOutMasker | None = None
         # (plan, catalog, columns, formats) → maskers; plan and catalog kept to make their ids unique
@@ -119,10 +120,18 @@ class ResultMasker:
         self._add(_Request("C", portal=portal if portal is not None else "\x00statement"))
 
     def sync(self, copy_in: bool) -> None:
-        if copy_in:
+        if copy_in or self._copy_in:
             return  # the server ignores Sync during COPY FROM STDIN
         self._skipping = False
         self._requests.append(_Request("S"))
+
+    def copy_end(self) -> None:
+        """The client sent CopyDone or CopyFail. During COPY FROM STDIN it ends it (Syncs count again);
+        sent before the server's CopyInResponse arrived, it is a marker: Syncs before it were ignored."""
+        if self._copy_in:
+            self._copy_in = False
+        elif not self._skipping:
+            self._requests.append(_Request("CD"))
 
     def function_call(self) -> None:
         if not self._skipping:
@@ -153,6 +162,8 @@ class ResultMasker:
             self._finish(head, "E")
         elif kind == 0x48:  # 'H' CopyOutResponse
             self._copy_started(head)
+        elif kind == 0x47:  # 'G' CopyInResponse
+            self._copy_in_started()
         elif kind == 0x63 and self._copy is not None:  # 'c' CopyDone
             tail, self._copy = self._copy.finish(), None
             return (_copy_data(tail) if tail else b"") + data[start - 5 : end]
@@ -187,7 +198,24 @@ class ResultMasker:
         self.maskers = None
         self._head_changed()
 
+    def _copy_in_started(self) -> None:
+        """The server is in COPY FROM STDIN: it ignores every Sync until the client's CopyDone or CopyFail,
+        so Syncs forwarded before that (pipelined ahead of the CopyInResponse) will not be answered."""
+        requests = list(self._requests)
+        kept = requests[:1]
+        for index, request in enumerate(requests[1:], start=1):
+            if request.kind == "CD":
+                kept.extend(requests[index + 1 :])  # the COPY's end: what follows counts again
+                break
+            if request.kind != "S":
+                kept.append(request)
+        else:
+            self._copy_in = True  # the client has not ended the COPY yet
+        self._requests = deque(kept)
+
     def _head_changed(self) -> None:
+        while self._requests and self._requests[0].kind == "CD":
+            self._requests.popleft()  # the end of a COPY whose CopyInResponse never came: nothing answers it
         head = self._requests[0] if self._requests else None
         if head is not None and head.kind == "E":
             self.maskers = self._portal_maskers(head.portal)
@@ -220,7 +248,10 @@ class ResultMasker:
             self.maskers = self._build(plan, fields, formats)
 
     def _query_plan(self, head: _Request) -> ResultPlan:
-        plan = head.plans[head.index] if head.index < len(head.plans) else _UNKNOWN
+        return self._rows_of(head.plans[head.index] if head.index < len(head.plans) else _UNKNOWN)
+
+    def _rows_of(self, plan: ResultPlan) -> ResultPlan:
+        """The plan the rows of ``plan`` follow: a FETCH's cursor's, an EXECUTE's prepared statement's."""
         if plan.fetches is not None:
             cursor = self._portals.get(plan.fetches)
             return cursor.plan if cursor is not None else _UNKNOWN
@@ -236,11 +267,7 @@ class ResultMasker:
             fields = portal.fields
             if fields is None and portal.prepared is not None:
                 fields = portal.prepared.fields
-            plan = portal.plan
-            if plan.fetches is not None:
-                cursor = self._portals.get(plan.fetches)
-                plan = cursor.plan if cursor is not None else _UNKNOWN
-            portal.maskers = self._build(plan, fields, portal.formats) or ()
+            portal.maskers = self._build(self._rows_of(portal.plan), fields, portal.formats) or ()
         return portal.maskers or None
 
     def _build(
@@ -341,7 +368,7 @@ class ResultMasker:
             plan = self._query_plan(head)
         elif head is not None and head.kind == "E":
             portal = self._portals.get(head.portal)
-            plan = portal.plan if portal is not None else _UNKNOWN
+            plan = self._rows_of(portal.plan) if portal is not None else _UNKNOWN
         copy = plan.copy if plan is not None else None
         if copy is None or all(rule is None for rule in copy.rules):
             self._copy = None
@@ -370,13 +397,14 @@ class ResultMasker:
         if head is None:
             return None
         withheld = False
-        if head.kind == "Q":
-            withheld = head.index < len(head.plans) and self._query_plan(head).reads_masked
+        if head.kind in ("Q", "F"):
+            # A Query (or a refused FunctionCall, sent as a stand-in Query) fails alone: no skipping.
+            withheld = head.kind == "Q" and head.index < len(head.plans) and self._query_plan(head).reads_masked
             head.failed = True
         else:
             if head.kind == "E":
                 portal = self._portals.get(head.portal)
-                withheld = portal is None or portal.plan.reads_masked
+                withheld = portal is None or self._rows_of(portal.plan).reads_masked or portal.plan.reads_masked
             # Extended protocol: the server skips everything up to the next Sync.
             while self._requests and self._requests[0].kind != "S":
                 self._requests.popleft()
@@ -385,7 +413,7 @@ class ResultMasker:
         return _withheld(data, start, end) if withheld and self.catalog is not None else None
 
     def _ready(self, head: _Request | None, status: str) -> None:
-        self.maskers, self._copy = None, None
+        self.maskers, self._copy, self._copy_in = None, None, False
         while self._requests:
             request = self._requests.popleft()
             if request.kind in ("Q", "S", "F"):

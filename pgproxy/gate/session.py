@@ -49,7 +49,7 @@ _NAME_BYTES = 63  # the server keys prepared statements and portals by their fir
 _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
 # Also followed when masking: every message that tells which result set rows belong to, and the rows.
-_MASKED = frozenset(b"123CIsEZTDdcHnt")
+_MASKED = frozenset(b"123CIsEZTDdcHntG")
 _AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
 
 
@@ -278,6 +278,8 @@ class SessionGate:
                 return self._stand_in(decision, denial.query_stand_in)
         elif kind in (_COPY_DONE, _COPY_FAIL):
             prepared.sent_copy_end()
+            if self.masking is not None:
+                self.masking.results.copy_end()
         elif kind == _D and self.masking is not None:
             name = self._name(data[start + 1 : end - 1])
             self.masking.describe(data[start] == ord("S"), name, prepared.lookup(name).statement)

@@ -127,6 +127,10 @@ class Planner:
         return planned
 
     # -- what is refused before tracing --------------------------------------------------------------
+    def cached(self, statement: Statement, text: str) -> ResultPlan | Refused | None:
+        """The plan made for ``statement`` from ``text``, if it is still cached."""
+        return self._cache.get((statement.command, text))
+
     def _guarded(self, relations: list[CatalogRelation]) -> bool:
         guarded = self.catalog.predicate_guarded
         return any(f"{r.qualified}.{c.name}" in guarded for r in relations for c in r.columns)
