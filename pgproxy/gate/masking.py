@@ -173,8 +173,10 @@ class GateMasking:
     def bind(self, portal: str, statement: Statement | None, data: bytes, start: int, end: int) -> None:
         """A Bind went upstream (``statement`` None: a stand-in that fails)."""
         held = statement.result if statement is not None else None
-        formats = bind_result_formats(data, start, end) if statement is not None else ()
-        self.results.bind(portal, held if isinstance(held, PreparedResult) else None, formats)
+        prepared = held if isinstance(held, PreparedResult) else None
+        # Result formats matter only for rows that may be masked.
+        formats = bind_result_formats(data, start, end) if prepared is None or prepared.plan is not NO_PLAN else ()
+        self.results.bind(portal, prepared, formats)
 
     def describe(self, of_statement: bool, name: str, statement: Statement | None) -> None:
         """A Describe went upstream: of a prepared statement (``statement``, its meaning) or a portal."""

@@ -37,6 +37,8 @@ from pgproxy.wire.backend import ErrorResponse
 from pgproxy.wire.backend_results import decode_row_description
 
 _FIELD = struct.Struct("!IhIhih")
+_COUNT = struct.Struct("!h")
+_OID = struct.Struct("!I")
 _UNKNOWN_ORIGIN = ColumnRule(MaskStrategy.NULL, "a cursor pgproxy did not see declared", derived=True)
 _WITHHELD = "pgproxy withheld the server's error message because the statement reads masked columns"
 
@@ -224,7 +226,11 @@ class ResultMasker:
         self.maskers = None
         if head is None:
             return
-        if self.catalog is None:  # nothing is masked in this session: no need to read the columns
+        if self.catalog is None or (
+            self._unmasked(head) and not _names_masked_table(data, start, end, self.catalog.masked_oids)
+        ):
+            # Nothing is masked in this session, or the statement reads no masked relation (the planner
+            # checked every relation it names) and, as a second check, no column comes from a masked table.
             if head.kind in ("DS", "DP"):
                 self._pop()
             return
@@ -247,6 +253,16 @@ class ResultMasker:
             plan = self._query_plan(head)
             self.maskers = self._build(plan, fields, formats)
 
+    def _unmasked(self, head: _Request) -> bool:
+        if head.kind == "Q":
+            return self._query_plan(head) is NO_PLAN
+        if head.kind == "DS":
+            return head.prepared is not None and head.prepared.plan is NO_PLAN
+        if head.kind == "DP":
+            portal = self._portals.get(head.portal)
+            return portal is not None and portal.plan is NO_PLAN
+        return False
+
     def _query_plan(self, head: _Request) -> ResultPlan:
         return self._rows_of(head.plans[head.index] if head.index < len(head.plans) else _UNKNOWN)
 
@@ -263,6 +279,8 @@ class ResultMasker:
         portal = self._portals.get(name)
         if portal is None:
             return self._build(_UNKNOWN, None, ())
+        if portal.plan is NO_PLAN:
+            return None
         if portal.maskers is None:
             fields = portal.fields
             if fields is None and portal.prepared is not None:
@@ -426,6 +444,18 @@ class ResultMasker:
 
 _BUILT_LIMIT = 256
 _UNKNOWN = ResultPlan(reads_masked=True)  # results pgproxy cannot trace to a statement it planned
+
+
+def _names_masked_table(data: bytes, start: int, end: int, masked_oids: frozenset[int]) -> bool:
+    """Whether any column of a RowDescription comes from a table with masked columns (a quick scan)."""
+    (count,) = _COUNT.unpack_from(data, start)
+    at = start + 2
+    for _ in range(count):
+        at = data.index(b"\x00", at, end) + 1  # the column name
+        if _OID.unpack_from(data, at)[0] in masked_oids:
+            return True
+        at += _FIELD.size
+    return False
 
 
 def _null_masker(value: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 from pgproxy.masking.guard import guarded_refusal
@@ -58,6 +59,11 @@ class MaskedCatalog:
     refused_relations: Mapping[TableName, str]  # reading these is refused, and why
     predicate_guarded: frozenset[str] = field(default=frozenset())  # masks with refuse_predicates: their columns
 
+    @cached_property
+    def masked_oids(self) -> frozenset[int]:
+        """OIDs of the tables and views with masked columns."""
+        return frozenset(oid for oid, _ in self.by_attribute)
+
     @property
     def active(self) -> bool:
         return bool(self.rules) or bool(self.refused_relations)
@@ -97,10 +103,12 @@ def build_masked_catalog(snapshot: CatalogSnapshot, masks: Sequence[Mask]) -> Ma
 
 
 def _inherit(snapshot: CatalogSnapshot, rules: dict[str, ColumnRule], guarded: set[str]) -> None:
-    """Partitions and inheritance children carry their ancestors' masks (matched by column name)."""
+    """Partitions and inheritance children carry their ancestors' masks, and ancestors their children's
+    (a query of the parent returns the children's rows), matched by column name."""
     parents = snapshot.parents
     if not parents:
         return
+    _inherit_up(snapshot, rules, guarded)
     for relation in snapshot.relations:
         pending = list(parents.get(relation.oid, ()))
         seen: set[int] = set()
@@ -118,6 +126,27 @@ def _inherit(snapshot: CatalogSnapshot, rules: dict[str, ColumnRule], guarded: s
                     rules.setdefault(f"{relation.qualified}.{column.name}", rule)
                     if inherited in guarded:
                         guarded.add(f"{relation.qualified}.{column.name}")
+
+
+def _inherit_up(snapshot: CatalogSnapshot, rules: dict[str, ColumnRule], guarded: set[str]) -> None:
+    for relation in snapshot.relations:
+        own = {column.name: rules.get(f"{relation.qualified}.{column.name}") for column in relation.columns}
+        if not any(own.values()):
+            continue
+        pending, seen = list(snapshot.parents.get(relation.oid, ())), set()
+        while pending:
+            ancestor = snapshot.by_oid.get(pending.pop())
+            if ancestor is None or ancestor.oid in seen:
+                continue
+            seen.add(ancestor.oid)
+            pending.extend(snapshot.parents.get(ancestor.oid, ()))
+            for column in ancestor.columns:
+                rule = own.get(column.name)
+                if rule is not None:
+                    key = f"{ancestor.qualified}.{column.name}"
+                    rules.setdefault(key, rule)
+                    if f"{relation.qualified}.{column.name}" in guarded:
+                        guarded.add(key)
 
 
 def _resolve_views(

@@ -155,11 +155,20 @@ def test_plan_and_description_disagreeing_masks_every_column() -> None:
     assert row(session, b"1", b"ada") == (None, None)
 
 
-def test_unknown_table_oid_is_nulled() -> None:
+def test_unknown_table_oid_is_nulled_in_results_reading_masked_relations() -> None:
+    session = masker()
+    session.query([plan("SELECT o.id, c.email FROM orders o, customers c")])
+    feed(session, description(ORDER_ID, (UNKNOWN_TABLE, 2, TEXT)))
+    assert row(session, b"10", b"secret") == (b"10", None)
+
+
+def test_results_of_statements_reading_no_masked_relation_are_not_decoded() -> None:
+    """NO_PLAN: the planner resolved every relation; only a column naming a masked table is still checked."""
     session = masker()
     session.query([NO_PLAN])
     feed(session, description(ORDER_ID, (UNKNOWN_TABLE, 2, TEXT)))
-    assert row(session, b"10", b"secret") == (b"10", None)
+    assert session.maskers is None
+    assert row(session, b"10", b"plain") is None  # relayed as it came
 
 
 def test_hash_is_keyed_and_stable() -> None:
