@@ -144,6 +144,8 @@ class GateMasking:
         policy's, or masking's refusal of a statement the policy lets run (or hold)."""
         if decision is not None and decision.effect is not Effect.REQUIRE_APPROVAL:
             return statements, None, decision
+        if len(statements) == 1 and (known := self._known(statements[0])) is not None:
+            return statements, [known], decision  # planned before, nothing changed since: the hot path
         planned = self.plan_query(statements, text if isinstance(text, str) else None, key)
         if isinstance(planned, Wait):
             return planned
@@ -185,6 +187,18 @@ class GateMasking:
             self.results.describe_statement(held if isinstance(held, PreparedResult) else None)
         else:
             self.results.describe_portal(name)
+
+    def _known(self, statement: Statement) -> ResultPlan | None:
+        """The remembered plan of ``statement`` if the catalog reading and the policy are unchanged."""
+        known = self._remembered.get(id(statement))
+        current = self._current
+        if (
+            known is None or known[0] is not statement or current is None or known[1] is not current[2]
+            or current[1] != self._policies.version or current[0] is not self._catalogs.snapshot(self.database)
+            or self._catalogs.stale(self.database)
+        ):
+            return None
+        return known[2]
 
     def _planner(self, statements: Sequence[Statement]) -> Planner | Decision | Wait:
         snapshot = self._catalogs.snapshot(self.database)
@@ -256,11 +270,12 @@ class GateMasking:
             for s, plan in zip(statements, plans, strict=True)
         )
 
-    def after_statement(self, statement: Statement) -> None:
-        """A statement went upstream; one that may change the catalog makes the reading stale once its
+    def after_statements(self, statements: Sequence[Statement]) -> None:
+        """Statements went upstream; one that may change the catalog makes the reading stale once its
         transaction ends (before that, other sessions — the catalog's reader too — cannot see it)."""
-        if statement.category in _CATALOG_CHANGING:
-            self._catalog_changed = True
+        for statement in statements:
+            if statement.category in _CATALOG_CHANGING:
+                self._catalog_changed = True
 
     def ready(self, status: str) -> None:
         """ReadyForQuery with transaction ``status``."""

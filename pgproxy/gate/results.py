@@ -436,7 +436,7 @@ class ResultMasker:
             request = self._requests.popleft()
             if request.kind in ("Q", "S", "F"):
                 break
-        if status == "I":
+        if status == "I" and self._portals:
             # Protocol portals and cursors without HOLD end with their transaction.
             self._portals = {name: portal for name, portal in self._portals.items() if portal.holds}
         self._head_changed()

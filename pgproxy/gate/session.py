@@ -50,6 +50,10 @@ _FOLLOWED = frozenset(b"123CIsEZSG")
 _unpack_oid = struct.Struct("!I").unpack_from
 # Also followed when masking: every message that tells which result set rows belong to, and the rows.
 _MASKED = frozenset(b"123CIsEZTDdcHntG")
+_MASK_CHECKED = frozenset(b"QPBF")  # requests that run statements: a session's masks are checked at each
+_NOW_MASKED = (
+    "the policy now masks columns for this session; pgproxy ended it so that every result is masked: reconnect"
+)
 _AUDITED = frozenset(b"V")  # also followed when auditing: FunctionCallResponse ends a fast-path call
 
 
@@ -87,7 +91,11 @@ class SessionGate:
         self.holds = Holds(enabled=holding)  # with an approval service: hold, rather than refuse, for approval
         if trail is not None:
             self.followed = self.followed | _AUDITED
-        self.masking = masking
+        # A session the policy gives no masks does without result masking (no cost); should a policy
+        # reload give it masks, it is ended at its next statement (see ``_judge``).
+        self._unmasked_until = masking if masking is not None and not masking.masks else None
+        self.masking = masking if self._unmasked_until is None else None
+        masking = self.masking
         self._judged = _JUDGED
         if masking is not None:
             self.followed = self.followed | _MASKED
@@ -126,6 +134,8 @@ class SessionGate:
     def _judge(self, kind: int, data: bytes, start: int, end: int) -> bytes | _Wait | None:
         """None: forward the message as is; bytes: forward this stand-in instead; _WAIT: hold it."""
         prepared = self.prepared
+        if self._unmasked_until is not None and kind in _MASK_CHECKED and self._unmasked_until.masks:
+            raise GateFatal("57P01", _NOW_MASKED)
         if self.barrier.until is not None and kind in _TEXT:
             if not self.barrier.refuses:
                 return _WAIT
@@ -199,7 +209,7 @@ class SessionGate:
                     meaning = replace(meaning, source=source)  # Binds record the text it was prepared with
             if self.masking is not None:
                 self.masking.results.parse()
-                self.masking.after_statement(meaning)
+                self.masking.after_statements((meaning,))
             if decision is not None:
                 prepared.sent_parse(name, None)
                 return self._stand_in(decision, lambda marker: denial.parse_stand_in(raw_name, marker), verdict)
@@ -289,8 +299,7 @@ class SessionGate:
         self.prepared.sent_query(statements)
         if self.masking is not None:
             self.masking.results.query(plans or [])
-            for statement in statements:
-                self.masking.after_statement(statement)
+            self.masking.after_statements(statements)
 
     def _name(self, raw: bytes) -> str:
         """A statement or portal name as the server keys it: cut to 63 bytes (NAMEDATALEN - 1)."""

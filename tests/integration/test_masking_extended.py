@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,9 @@ import pytest
 
 from pgproxy.wire import backend as be
 from pgproxy.wire import frontend as fe
-from tests.support.masking import ROWS, MaskedSchema, email, masked_row, partial
+from tests.support.enforcement import policy_version, wait_for_policy_version, write_policy
+from tests.support.masking import MASK_KEY, POLICY, ROWS, MaskedSchema, email, masked_row, partial
+from tests.support.proxy_plugin import ProxyFactory
 from tests.support.raw_client import RawClient
 
 pytestmark = pytest.mark.integration
@@ -202,3 +205,32 @@ def test_masked_values_never_reach_the_audit_log(masked: MaskedSchema) -> None:
     assert "ssn::int" in log  # the statements are there
     for secret in SECRETS:
         assert secret not in log
+
+
+# -- policy reloads ----------------------------------------------------------------------------------------
+
+
+def test_a_reload_that_masks_an_open_session_ends_it(masked: MaskedSchema, proxy_factory: ProxyFactory,
+                                                    tmp_path: Path) -> None:
+    """A session that had no masks is ended at its next statement once a reload gives it masks; a new
+    session then sees masked values. Sessions with masks follow the new masks at once."""
+    policies = tmp_path / "reloaded"
+    policies.mkdir()
+    masks_file = policies / "masks.yaml"
+    policy = POLICY.replace("SCHEMA", masked.schema)
+    write_policy(masks_file, policy.split("masks:")[0])
+    proxy = proxy_factory(policies=policies, policy_poll_seconds=0.1, mask_key=MASK_KEY)
+    query = masked.q("SELECT email FROM S.customers WHERE id = 1")
+    with psycopg.connect(proxy.conninfo(masked.agent()), autocommit=True) as conn:
+        assert conn.execute(query).fetchone() == (ROWS[0][2],)
+        version = policy_version(proxy)
+        write_policy(masks_file, policy)
+        wait_for_policy_version(proxy, version)
+        with pytest.raises(psycopg.OperationalError, match="now masks columns"):
+            conn.execute(query)
+    with psycopg.connect(proxy.conninfo(masked.agent()), autocommit=True) as conn:
+        assert conn.execute(query).fetchone() == (email(ROWS[0][2]),)
+        version = policy_version(proxy)
+        write_policy(masks_file, policy.replace("customers.email: email", "customers.email: \"null\""))
+        wait_for_policy_version(proxy, version)
+        assert conn.execute(query).fetchone() == (None,)
