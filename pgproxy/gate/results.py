@@ -6,13 +6,11 @@ SQL cursor) it belongs to — the server answers requests strictly in order, so 
 exact, and portals are defined only when the server confirms their Bind (a failed Bind to an existing
 name must not change what pgproxy thinks that portal returns).
 
-For each result set, every column gets a rule from two independent sources, the stricter winning:
-the catalog (RowDescription's table OID and attribute number; views included) and the statement's
-plan (``masking.plan``: lineage of computed columns). Columns then get a value masker for their type
-and format (per Bind, or from the RowDescription of a simple query). A result set with no masked
-column is relayed as raw bytes. Where pgproxy cannot know a column's origin (results of a cursor it
-did not see declared), columns that are not plain table columns are nulled. The server's error texts
-for statements reading masked columns are replaced (their message could quote a value).
+Each result set's columns get their maskers from ``column_maskers`` (the catalog's rules and the
+statement's plan, formats per Bind or from the RowDescription of a simple query); a result set with no
+masked column is relayed as raw bytes, and the description of a statement that reads no masked relation
+is not even decoded (a quick scan of its table OIDs is the second check). The server's error texts for
+statements reading masked columns are replaced (their message could quote a value).
 
 Sans-IO: bytes in, bytes out; it must not decide policy (that is the planner's job).
 """
@@ -21,25 +19,20 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pgproxy.gate.encoding import UnsupportedEncoding, python_codec
+from pgproxy.gate.column_maskers import NULL_EVERY_COLUMN, UNPLANNED, ColumnMaskers, Fields, Maskers
 from pgproxy.gate.trail import error_fields
 from pgproxy.masking.copy_out import CopyOutMasker
-from pgproxy.masking.plan import NO_PLAN, CopyPlan, ResultPlan
+from pgproxy.masking.plan import NO_PLAN, ResultPlan
 from pgproxy.masking.resolve import MaskedCatalog
 from pgproxy.masking.rows import mask_data_row
-from pgproxy.masking.rules import ColumnRule, strictest
-from pgproxy.masking.values import Masker, type_kind, value_masker
-from pgproxy.policy.model import MaskStrategy
 from pgproxy.wire.backend import ErrorResponse
 from pgproxy.wire.backend_results import decode_row_description
 
 _FIELD = struct.Struct("!IhIhih")
 _COUNT = struct.Struct("!h")
 _OID = struct.Struct("!I")
-_UNKNOWN_ORIGIN = ColumnRule(MaskStrategy.NULL, "a cursor pgproxy did not see declared", derived=True)
 _WITHHELD = "pgproxy withheld the server's error message because the statement reads masked columns"
 
 
@@ -50,7 +43,7 @@ class PreparedResult:
 
     def __init__(self, plan: ResultPlan) -> None:
         self.plan = plan
-        self.fields: tuple[tuple[int, int, int, int], ...] | None = None  # (table OID, attnum, type, typmod)
+        self.fields: Fields | None = None  # (table OID, attnum, type, typmod) per column, once described
 
 
 @dataclass(slots=True)
@@ -60,7 +53,7 @@ class _Portal:
     prepared: PreparedResult | None = None
     fields: tuple[tuple[int, int, int, int], ...] | None = None
     holds: bool = False  # a WITH HOLD cursor survives the end of its transaction
-    maskers: tuple[Masker | None, ...] | None = None  # computed at the first row
+    maskers: Maskers | None = None  # computed at the first row
 
 
 @dataclass(slots=True)
@@ -79,19 +72,13 @@ class ResultMasker:
 
     def __init__(self, key: bytes, codec: str) -> None:
         self.catalog: MaskedCatalog | None = None  # set by the gate before each use
-        self.key = key
-        self.codec = codec
+        self._maskers = ColumnMaskers(key, codec)
         self._requests: deque[_Request] = deque()
         self._portals: dict[str, _Portal] = {}
         self._skipping = False  # after an extended-protocol error, until the client's Sync
         self._copy_in = False  # in COPY FROM STDIN and the client has not ended it: Syncs are ignored
-        self.maskers: tuple[Masker | None, ...] | None = None  # of the result set being sent
+        self.maskers: Maskers | None = None  # of the result set being sent (None: relay rows as they are)
         self._copy: CopyOutMasker | None = None
-        # (plan, catalog, columns, formats) → maskers; plan and catalog kept to make their ids unique
-        self._built: dict[
-            tuple[int, int, object, tuple[int, ...]],
-            tuple[ResultPlan, MaskedCatalog, tuple[Masker | None, ...] | None],
-        ] = {}
 
     # -- what was forwarded --------------------------------------------------------------------
     def query(self, plans: list[ResultPlan]) -> None:
@@ -102,7 +89,7 @@ class ResultMasker:
         self._add(_Request("P"))
 
     def bind(self, portal: str, prepared: PreparedResult | None, formats: tuple[int, ...]) -> None:
-        plan = prepared.plan if prepared is not None else _UNKNOWN
+        plan = prepared.plan if prepared is not None else UNPLANNED
         bound = _Portal(plan, formats, prepared, prepared.fields if prepared is not None else None)
         self._add(_Request("B", portal=portal, bound=bound))
 
@@ -151,7 +138,7 @@ class ResultMasker:
             if maskers is None:
                 return None
             if maskers is NULL_EVERY_COLUMN:
-                maskers = (_null_masker,) * int.from_bytes(data[start : start + 2], "big")
+                maskers = NULL_EVERY_COLUMN * int.from_bytes(data[start : start + 2], "big")
             return mask_data_row(memoryview(data)[start:end], maskers)
         if kind == 0x64:  # 'd' CopyData
             return None if self._copy is None else _copy_data(self._copy.feed(data[start:end]))
@@ -251,7 +238,7 @@ class ResultMasker:
             self._pop()
         elif head.kind == "Q":
             plan = self._query_plan(head)
-            self.maskers = self._build(plan, fields, formats)
+            self.maskers = self._rows(plan, fields, formats)
 
     def _unmasked(self, head: _Request) -> bool:
         if head.kind == "Q":
@@ -264,94 +251,33 @@ class ResultMasker:
         return False
 
     def _query_plan(self, head: _Request) -> ResultPlan:
-        return self._rows_of(head.plans[head.index] if head.index < len(head.plans) else _UNKNOWN)
+        return self._rows_of(head.plans[head.index] if head.index < len(head.plans) else UNPLANNED)
 
     def _rows_of(self, plan: ResultPlan) -> ResultPlan:
         """The plan the rows of ``plan`` follow: a FETCH's cursor's, an EXECUTE's prepared statement's."""
         if plan.fetches is not None:
             cursor = self._portals.get(plan.fetches)
-            return cursor.plan if cursor is not None else _UNKNOWN
+            return cursor.plan if cursor is not None else UNPLANNED
         if plan.cursor_plan is not None and plan.declares is None:
             return plan.cursor_plan  # EXECUTE of a prepared statement: its plan
         return plan
 
-    def _portal_maskers(self, name: str) -> tuple[Masker | None, ...] | None:
+    def _portal_maskers(self, name: str) -> Maskers | None:
         portal = self._portals.get(name)
         if portal is None:
-            return self._build(_UNKNOWN, None, ())
+            return self._rows(UNPLANNED, None, ())
         if portal.plan is NO_PLAN:
             return None
         if portal.maskers is None:
             fields = portal.fields
             if fields is None and portal.prepared is not None:
                 fields = portal.prepared.fields
-            portal.maskers = self._build(self._rows_of(portal.plan), fields, portal.formats) or ()
+            portal.maskers = self._rows(self._rows_of(portal.plan), fields, portal.formats) or ()
         return portal.maskers or None
 
-    def _build(
-        self, plan: ResultPlan, fields: tuple[tuple[int, int, int, int], ...] | None, formats: tuple[int, ...]
-    ) -> tuple[Masker | None, ...] | None:
-        """The maskers of one result set; None when no column is masked (the raw fast path).
-
-        Remembered per plan, columns and formats: a statement run again gets the same maskers without
-        building them (an HMAC key schedule, type lookups) anew."""
+    def _rows(self, plan: ResultPlan, fields: Fields | None, formats: tuple[int, ...]) -> Maskers | None:
         catalog = self.catalog
-        if catalog is None:
-            return None
-        key = (id(plan), id(catalog), fields, formats)
-        known = self._built.get(key)
-        if known is not None and known[0] is plan and known[1] is catalog:
-            return known[2]
-        maskers = self._build_new(catalog, plan, fields, formats)
-        if len(self._built) >= _BUILT_LIMIT:
-            self._built.clear()
-        self._built[key] = (plan, catalog, maskers)
-        return maskers
-
-    def _build_new(
-        self,
-        catalog: MaskedCatalog,
-        plan: ResultPlan,
-        fields: tuple[tuple[int, int, int, int], ...] | None,
-        formats: tuple[int, ...],
-    ) -> tuple[Masker | None, ...] | None:
-        planned = plan.columns
-        if fields is None:
-            # Rows without a description (a driver that skipped Describe): only the plan can tell, and
-            # without types the one valid masked value is NULL.
-            if plan.columns is None and plan.reads_masked:
-                return NULL_EVERY_COLUMN  # not even the number of columns is known
-            if not planned or all(rule is None for rule in planned):
-                return None
-            return tuple(None if rule is None else _null_masker for rule in planned)
-        mismatch = planned is not None and len(planned) != len(fields)
-        by_attribute, types = catalog.by_attribute, catalog.snapshot.types
-        known = catalog.snapshot.by_oid
-        maskers: list[Masker | None] = []
-        for index, (table_oid, attnum, type_oid, typmod) in enumerate(fields):
-            rules: list[ColumnRule] = []
-            if table_oid:
-                found = by_attribute.get((table_oid, attnum))
-                if found is not None:
-                    rules.append(found)
-                elif table_oid not in known:
-                    rules.append(_UNKNOWN_ORIGIN)
-            if mismatch:
-                rules.append(_UNKNOWN_ORIGIN)
-            elif planned is not None and planned[index] is not None:
-                rules.append(planned[index])  # type: ignore[arg-type]
-            elif plan is _UNKNOWN and not table_oid:
-                rules.append(_UNKNOWN_ORIGIN)
-            rule = strictest(rules)
-            if rule is None:
-                maskers.append(None)
-                continue
-            binary = _format_of(formats, index) == 1
-            kind = type_kind(type_oid, types)
-            maskers.append(value_masker(
-                rule, kind, binary=binary, typmod=typmod, codec=self.codec, key=self.key, type_oid=type_oid
-            ))
-        return tuple(maskers) if any(m is not None for m in maskers) else None
+        return None if catalog is None else self._maskers.rows(catalog, plan, fields, formats)
 
     def _statement_done(self, head: _Request | None, *, completed: bool) -> None:
         self.maskers = None
@@ -386,29 +312,13 @@ class ResultMasker:
             plan = self._query_plan(head)
         elif head is not None and head.kind == "E":
             portal = self._portals.get(head.portal)
-            plan = self._rows_of(portal.plan) if portal is not None else _UNKNOWN
+            plan = self._rows_of(portal.plan) if portal is not None else UNPLANNED
         copy = plan.copy if plan is not None else None
         if copy is None or all(rule is None for rule in copy.rules):
             self._copy = None
             return
-        self._copy = self._copy_masker(copy)
-
-    def _copy_masker(self, copy: CopyPlan) -> CopyOutMasker:
         assert self.catalog is not None
-        binary = copy.format == "binary"
-        codec = self.codec if copy.encoding is None else _codec_for(copy.encoding, self.codec)
-        types = self.catalog.snapshot.types
-        maskers = [
-            None if rule is None else value_masker(
-                rule, type_kind(type_oid, types), binary=binary, typmod=-1, codec=codec, key=self.key,
-                type_oid=type_oid,
-            )
-            for rule, type_oid in zip(copy.rules, copy.types, strict=True)
-        ]
-        return CopyOutMasker(
-            copy.format, maskers, delimiter=copy.delimiter, null=copy.null, quote=copy.quote,
-            escape=copy.escape, header=copy.header, codec=codec,
-        )
+        self._copy = self._maskers.copy(self.catalog, copy)
 
     def _error(self, head: _Request | None, data: bytes, start: int, end: int) -> bytes | None:
         self.maskers, self._copy = None, None
@@ -442,8 +352,6 @@ class ResultMasker:
         self._head_changed()
 
 
-_BUILT_LIMIT = 256
-_UNKNOWN = ResultPlan(reads_masked=True)  # results pgproxy cannot trace to a statement it planned
 
 
 def _names_masked_table(data: bytes, start: int, end: int, masked_oids: frozenset[int]) -> bool:
@@ -458,32 +366,8 @@ def _names_masked_table(data: bytes, start: int, end: int, masked_oids: frozense
     return False
 
 
-def _null_masker(value: bytes) -> bytes | None:
-    return None
-
-
-# Rows of a result set pgproxy knows nothing about (a portal it did not see bound, no description):
-# every value becomes NULL, the one value valid for every type.
-NULL_EVERY_COLUMN: tuple[Masker | None, ...] = (_null_masker,)
-
-
-def _format_of(formats: Sequence[int], index: int) -> int:
-    if not formats:
-        return 0
-    if len(formats) == 1:
-        return formats[0]
-    return formats[index] if index < len(formats) else 0
-
-
 def _copy_data(payload: bytes) -> bytes:
     return b"d" + struct.pack("!I", len(payload) + 4) + payload
-
-
-def _codec_for(encoding: str, fallback: str) -> str:
-    try:
-        return python_codec(encoding.upper())
-    except UnsupportedEncoding:
-        return fallback
 
 
 def _withheld(data: bytes, start: int, end: int) -> bytes:
