@@ -82,6 +82,8 @@ class GateMasking:
         self._current: tuple[CatalogSnapshot | None, int, Planner] | None = None  # the planner last used
         # id(statement) → (statement, planner, plan): plans of shared Statement objects, see plan_query
         self._remembered: dict[int, tuple[Statement, Planner, ResultPlan]] = {}
+        # id(statement) → (statement, planner, result) for prepared statements that carry no plan
+        self._checked: dict[int, tuple[Statement, Planner, PreparedResult | None]] = {}
         self._retried: set[str] = set()  # unknown relation names a catalog refresh was already tried for
         self._catalog_changed = False  # a statement that may change the catalog ran in this transaction
 
@@ -164,7 +166,29 @@ class GateMasking:
             return planned
         if isinstance(planned, Decision):
             return meaning, planned
+        if planned is NO_PLAN:
+            return meaning, decision  # no need to carry a plan (see ``_prepared_result``)
         return replace(meaning, result=PreparedResult(planned)), decision
+
+    def _prepared_result(self, statement: Statement) -> PreparedResult | None:
+        """The plan a prepared statement carries. Statements that needed none carry none (attaching one
+        means copying the Statement, at every Parse): they are checked again against the current catalog
+        and masks, since a reload may have masked a relation they read (then: None, every column nulled)."""
+        held = statement.result
+        if isinstance(held, PreparedResult):
+            return held
+        current = self._current
+        if current is None or statement.category is Category.PROCEDURAL:
+            return None
+        planner = current[2]
+        checked = self._checked.get(id(statement))
+        if checked is not None and checked[0] is statement and checked[1] is planner:
+            return checked[2]
+        found = None if planner.unknown(statement) or planner.reads_masked_relation(statement) else NO_PLAN_RESULT
+        if len(self._checked) >= _REMEMBERED_LIMIT:
+            self._checked.clear()
+        self._checked[id(statement)] = (statement, planner, found)
+        return found
 
     def screen_call(self, call: Statement, decision: Decision | None) -> Decision | None:
         """A fast-path FunctionCall: code pgproxy cannot trace, refused while masks apply to the session."""
@@ -174,8 +198,7 @@ class GateMasking:
 
     def bind(self, portal: str, statement: Statement | None, data: bytes, start: int, end: int) -> None:
         """A Bind went upstream (``statement`` None: a stand-in that fails)."""
-        held = statement.result if statement is not None else None
-        prepared = held if isinstance(held, PreparedResult) else None
+        prepared = self._prepared_result(statement) if statement is not None else None
         # Result formats matter only for rows that may be masked.
         formats = bind_result_formats(data, start, end) if prepared is None or prepared.plan is not NO_PLAN else ()
         self.results.bind(portal, prepared, formats)
@@ -183,8 +206,7 @@ class GateMasking:
     def describe(self, of_statement: bool, name: str, statement: Statement | None) -> None:
         """A Describe went upstream: of a prepared statement (``statement``, its meaning) or a portal."""
         if of_statement:
-            held = statement.result if statement is not None else None
-            self.results.describe_statement(held if isinstance(held, PreparedResult) else None)
+            self.results.describe_statement(self._prepared_result(statement) if statement is not None else None)
         else:
             self.results.describe_portal(name)
 
@@ -286,6 +308,7 @@ class GateMasking:
 
 
 _UNPLANNED_EXECUTE = ResultPlan(reads_masked=True)
+NO_PLAN_RESULT = PreparedResult(NO_PLAN)  # shared: a NO_PLAN statement's columns are never recorded
 _REMEMBERED_LIMIT = 4096
 
 

@@ -292,7 +292,8 @@ class SessionGate:
                 self.masking.results.copy_end()
         elif kind == _D and self.masking is not None:
             name = self._name(data[start + 1 : end - 1])
-            self.masking.describe(data[start] == ord("S"), name, prepared.lookup(name).statement)
+            of_statement = data[start] == ord("S")
+            self.masking.describe(of_statement, name, prepared.lookup(name).statement if of_statement else None)
         return None
 
     def _sent_query(self, statements: tuple[Statement, ...], plans: list[ResultPlan] | None = None) -> None:

@@ -127,6 +127,9 @@ class Planner:
         return planned
 
     # -- what is refused before tracing --------------------------------------------------------------
+    def reads_masked_relation(self, statement: Statement) -> bool:
+        return bool(self._masked(statement.reads | statement.writes))
+
     def cached(self, statement: Statement, text: str) -> ResultPlan | Refused | None:
         """The plan made for ``statement`` from ``text``, if it is still cached."""
         return self._cache.get((statement.command, text))
