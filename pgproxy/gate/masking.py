@@ -161,7 +161,8 @@ class GateMasking:
         """A Parse's statement carrying its plan (for later Binds and Describes), and the decision."""
         if decision is not None and decision.effect is not Effect.REQUIRE_APPROVAL:
             return meaning, decision
-        planned = self.plan_parse(meaning, text if isinstance(text, str) else None, key)
+        known = self._known(meaning)
+        planned = known if known is not None else self.plan_parse(meaning, text if isinstance(text, str) else None, key)
         if isinstance(planned, Wait):
             return planned
         if isinstance(planned, Decision):
