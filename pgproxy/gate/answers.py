@@ -96,4 +96,6 @@ def follow_answers(gate: SessionGate, data: bytes, frames: Sequence[Frame]) -> b
             prepared.copy_in_started()
         elif kind == 0x53:  # 'S' ParameterStatus
             gate.reading.parameter_status(data, start, end)
+            if results is not None:
+                results.client_codec(gate.reading.codec)  # SET client_encoding: masked text follows it
     return data if splice is None else splice.until(len(data))

@@ -80,6 +80,11 @@ class ResultMasker:
         self.maskers: Maskers | None = None  # of the result set being sent (None: relay rows as they are)
         self._copy: CopyOutMasker | None = None
 
+    def client_codec(self, codec: str) -> None:
+        """The client's encoding changed (maskers decode and encode text values with it)."""
+        if codec != self._maskers.codec:
+            self._maskers = ColumnMaskers(self._maskers.key, codec)
+
     # -- what was forwarded --------------------------------------------------------------------
     def query(self, plans: list[ResultPlan]) -> None:
         if not self._skipping:

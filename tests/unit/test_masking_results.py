@@ -425,3 +425,19 @@ def test_bind_over_a_stale_cursor_name_uses_the_new_portal() -> None:
     session.sync(copy_in=False)
     feed(session, BindComplete().encode())
     assert row(session, b"1", ADA) == (b"1", MASKED_ADA)
+
+
+def test_text_is_masked_in_the_client_encoding_in_force() -> None:
+    """Partial masking counts characters: after ``SET client_encoding`` the masker decodes with the new one."""
+    session = ResultMasker(b"test-key", "latin-1")
+    session.catalog = CATALOG
+    value = "éé1234".encode()  # 8 bytes in UTF-8, 6 characters
+    session.query([plan("SELECT name FROM customers")])
+    feed(session, description(NAME))
+    assert row(session, value) == (b"****1234",)  # read as LATIN1: 8 characters
+    done(session)
+    ready(session)
+    session.client_codec("utf-8")
+    session.query([plan("SELECT name FROM customers")])
+    feed(session, description(NAME))
+    assert row(session, value) == (b"**1234",)
