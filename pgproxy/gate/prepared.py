@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Effect = tuple[str | None, Statement | None]  # (name, statement to define) or (name, None) to remove
 
 _PARSE, _CLOSE, _EXECUTE, _QUERY, _FUNCTION, _SYNC = "P", "C", "E", "Q", "F", "S"
+_COPY_END = "c"  # the client's CopyDone/CopyFail sent before the server's CopyInResponse: a marker only
 _MARKERS = frozenset({_QUERY, _FUNCTION, _SYNC})
 _NO_EFFECTS: list[Effect] = []  # each answered by one ReadyForQuery
 
@@ -159,7 +160,11 @@ class PreparedStatements:
         self._boundary(_SYNC)
 
     def sent_copy_end(self) -> None:
-        self._copy_in = False
+        if self._copy_in:
+            self._copy_in = False
+        else:
+            # Pipelined ahead of the CopyInResponse: marks where the Syncs the server ignores end.
+            self._append(_COPY_END, _NO_EFFECTS)
 
     def _append(self, kind: str, effects: list[Effect]) -> None:
         if not self._skipping:
@@ -199,7 +204,19 @@ class PreparedStatements:
             self._pending.popleft()
 
     def copy_in_started(self) -> None:
+        """The server is in COPY FROM STDIN: Syncs already forwarded behind the COPY (and before the
+        client's CopyDone/CopyFail, if sent) are ignored by the server, so they are not waited for."""
         self._copy_in = True
+        kept = list(self._pending)[:1]
+        rest = list(self._pending)[1:]
+        for index, request in enumerate(rest):
+            if request.kind == _COPY_END:
+                self._copy_in = False  # the client has ended the COPY already
+                kept.extend(rest[index + 1 :])
+                break
+            if request.kind != _SYNC:
+                kept.append(request)
+        self._pending = deque(kept)
 
     def error(self) -> None:
         self._copy_in = False
@@ -222,9 +239,12 @@ class PreparedStatements:
             if request.kind in _MARKERS:
                 break
             self._drop(request)  # never answered, so it did not take effect
+        self._front()
 
     # -- internals -----------------------------------------------------------------------------
     def _front(self) -> _Request | None:
+        while self._pending and self._pending[0].kind == _COPY_END:
+            self._pending.popleft()  # the COPY it would have ended never started
         return self._pending[0] if self._pending else None
 
     def _complete(self, kind: str) -> None:

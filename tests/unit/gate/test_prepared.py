@@ -182,3 +182,37 @@ def test_unexpected_answer_forgets_every_name() -> None:
     table.ready()
     table.close_complete()  # nothing was waiting for it
     assert table.lookup("a").statement is None
+
+
+def test_syncs_pipelined_ahead_of_copy_in_are_not_waited_for() -> None:
+    """libpq's extended COPY FROM STDIN sends Sync before the server's CopyInResponse; the server ignores it."""
+    table = PreparedStatements()
+    table.sent_parse("", Statement(Category.IMPORT, "COPY"))
+    table.sent_bind("", Statement(Category.IMPORT, "COPY"))
+    table.sent_execute("")
+    table.sent_sync()  # ignored by the server: it arrives during COPY FROM STDIN
+    table.parse_complete()
+    table.copy_in_started()
+    table.sent_copy_end()
+    table.sent_sync()  # this one counts
+    table.command_complete()
+    table.ready()
+    assert table.idle
+    table.sent_parse("a", READ)
+    table.sent_sync()
+    table.parse_complete()
+    table.ready()
+    assert table.lookup("a").statement is READ  # still in step: the name was confirmed
+
+
+def test_copy_end_pipelined_before_copy_in_response() -> None:
+    table = PreparedStatements()
+    table.sent_query((Statement(Category.IMPORT, "COPY"),))
+    table.sent_sync()
+    table.sent_copy_end()  # the whole COPY was pipelined: Sync, then CopyDone, then a Sync that counts
+    table.sent_sync()
+    table.copy_in_started()
+    table.command_complete()
+    table.ready()  # the Query's ReadyForQuery
+    table.ready()  # the last Sync's
+    assert table.idle
