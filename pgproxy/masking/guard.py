@@ -39,6 +39,9 @@ def code_refusal(statement: Statement) -> str | None:
     if statement.node in CODE_NODES:
         return (f"{statement.command} would add code that runs inside later statements, out of sight of masking;"
                 " sessions with masked columns may not create or change code")
+    if statement.command == "ALTER SCHEMA":
+        # Masks name columns by schema: renaming one would move masked tables out from under their masks.
+        return "ALTER SCHEMA could move masked tables away from the names their masks use"
     return None
 
 

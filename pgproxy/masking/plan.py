@@ -37,7 +37,7 @@ _CURSOR_BINARY, _CURSOR_HOLD = 0x01, 0x20  # DeclareCursorStmt.options bits (Pos
 # Statements that send no rows and store no values. Views and materialized views store no values pgproxy
 # would not mask: reading them is masked through their definitions (``resolve``).
 _NO_DATA = frozenset({
-    "EXPLAIN", "SHOW", "DEALLOCATE", "DEALLOCATE ALL", "CLOSE CURSOR", "MOVE", "ALTER VIEW", "DROP VIEW",
+    "EXPLAIN", "SHOW", "DEALLOCATE", "DEALLOCATE ALL", "CLOSE CURSOR", "MOVE", "DROP VIEW",
     "DROP MATERIALIZED VIEW",
 })
 # Defining a view stores no values (reading it is masked through its definition); a materialized view
