@@ -22,13 +22,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from pgproxy.gate.column_maskers import NULL_EVERY_COLUMN, UNPLANNED, ColumnMaskers, Fields, Maskers
-from pgproxy.gate.trail import error_fields
 from pgproxy.masking.copy_out import CopyOutMasker
 from pgproxy.masking.plan import NO_PLAN, ResultPlan
 from pgproxy.masking.resolve import MaskedCatalog
 from pgproxy.masking.rows import mask_data_row
 from pgproxy.wire.backend import ErrorResponse
+from pgproxy.wire.backend_notice import SEVERITY, decode_error_response
 from pgproxy.wire.backend_results import decode_row_description
+from pgproxy.wire.copy import CopyData
 
 _FIELD = struct.Struct("!IhIhih")
 _COUNT = struct.Struct("!h")
@@ -372,14 +373,10 @@ def _names_masked_table(data: bytes, start: int, end: int, masked_oids: frozense
 
 
 def _copy_data(payload: bytes) -> bytes:
-    return b"d" + struct.pack("!I", len(payload) + 4) + payload
+    return CopyData(payload).encode()
 
 
 def _withheld(data: bytes, start: int, end: int) -> bytes:
-    sqlstate, _message = error_fields(data[start:end], "utf-8")
-    severity = "ERROR"
-    for part in bytes(data[start:end]).split(b"\x00"):
-        if part[:1] == b"S":
-            severity = part[1:].decode("ascii", "replace")
-            break
-    return ErrorResponse.build(severity, sqlstate or "XX000", _WITHHELD).encode()
+    """The server's error with its severity and SQLSTATE kept, and nothing else."""
+    server = decode_error_response(memoryview(data)[start:end])
+    return ErrorResponse.build(server.get(SEVERITY) or "ERROR", server.sqlstate or "XX000", _WITHHELD).encode()
