@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
-import pglast.parser
-
 from pgproxy.auth.identity import Identity
 from pgproxy.gate.denial import CATALOG_OUTAGE_RULE
 from pgproxy.gate.judge import PolicySource
@@ -28,6 +26,7 @@ from pgproxy.masking.registry import PlannerRegistry
 from pgproxy.masking.snapshot import CatalogSnapshot
 from pgproxy.policy.engine import Decision, Effect, session_profile
 from pgproxy.policy.model import Mask
+from pgproxy.sql.classify import statement_texts
 from pgproxy.sql.statement import Category, Statement
 
 MASKING_RULE = "pgproxy:masking"
@@ -330,15 +329,8 @@ def bind_result_formats(data: bytes, start: int, end: int) -> tuple[int, ...]:
 
 
 def _texts(text: str | None, count: int) -> list[str | None]:
-    if text is None:
-        return [None] * count
-    if count == 1:
-        return [text]
-    try:
-        parts = [text[piece] for piece in pglast.parser.split(text, with_parser=True, only_slices=True)]
-    except pglast.parser.ParseError:
-        return [None] * count
-    return list(parts) if len(parts) == count else [None] * count
+    parts = statement_texts(text, count) if text is not None else None
+    return [None] * count if parts is None else list(parts)
 
 
 def _masking_denial(statement: Statement, reason: str) -> Decision:

@@ -32,6 +32,7 @@ from pgproxy.audit.record import AuditRecord, Decision, RecordKind, utc_timestam
 from pgproxy.auth.identity import Identity
 from pgproxy.gate.holds import Hold, Verdict
 from pgproxy.policy.engine import Decision as PolicyDecision
+from pgproxy.sql.classify import statement_texts
 from pgproxy.sql.statement import Statement, StatementSource
 
 _NOT_RUN = "not run: an earlier error ended the request"
@@ -67,11 +68,8 @@ def sources_of(text: str, normalized: str | None, count: int, *, redact: bool) -
                 normalized = None
         shown = text if not redact else (normalized if normalized is not None else _WITHHELD)
         return [StatementSource(shown, fingerprint(normalized))]
-    try:
-        parts = [text[piece] for piece in pglast.parser.split(text, with_parser=True, only_slices=True)]
-    except Exception:
-        parts = []
-    if len(parts) != count:  # cannot be told apart: each record shows the whole message
+    parts = statement_texts(text, count)
+    if parts is None:  # cannot be told apart: each record shows the whole message
         return [StatementSource(text if not redact else _WITHHELD, None)] * count
     found = []
     for part in parts:

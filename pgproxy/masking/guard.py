@@ -16,13 +16,13 @@ Pure: works on lineage results and pglast's JSON; it must not load anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pglast.parser
 
 from pgproxy.masking.lineage import Lineage
+from pgproxy.sql.classify import parse_tree
 from pgproxy.sql.statement import Statement
 
 # Parser nodes that create or change code or what runs implicitly (functions, triggers, rules, …).
@@ -72,7 +72,7 @@ def guarded_refusal(
 def compares_rows(text: str) -> bool:
     """Whether any query level removes duplicates or combines rows by comparing them."""
     try:
-        tree = json.loads(pglast.parser.parse_sql_json(text))
+        tree = parse_tree(text)
     except pglast.parser.ParseError:
         return True  # fail closed: the caller refuses
     for node in _select_statements(tree):

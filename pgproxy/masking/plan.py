@@ -17,19 +17,16 @@ Pure: no I/O and no protocol; plans are cached per masked catalog (they hold no 
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-
-import pglast.parser
 
 from pgproxy.masking.guard import code_refusal, guarded_refusal
 from pgproxy.masking.lineage import Unresolvable, inner_query, trace
 from pgproxy.masking.resolve import MaskedCatalog, output_rule
 from pgproxy.masking.rules import ColumnRule
 from pgproxy.masking.snapshot import Relation as CatalogRelation
-from pgproxy.sql.classify import classify_uncached
+from pgproxy.sql.classify import classify_uncached, parse_tree
 from pgproxy.sql.statement import Category, Flag, Relation, Statement
 
 _PLAN_CACHE_LIMIT = 2048
@@ -285,7 +282,7 @@ def _inner_statement(text: str) -> Statement:
 
 
 def _statement_fields(text: str, node: str) -> dict[str, Any]:
-    stmts = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+    stmts = parse_tree(text)["stmts"]
     fields: dict[str, Any] = stmts[0]["stmt"][node]
     return fields
 

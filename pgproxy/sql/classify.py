@@ -28,7 +28,7 @@ from pgproxy.sql.statement import Category, Classification, Statement, strictest
 from pgproxy.sql.tree import Fields, unwrap
 from pgproxy.sql.utility import HANDLERS as UTILITY_HANDLERS
 
-__all__ = ["Classifier", "classify_uncached", "resolve_prepared", "strictest"]
+__all__ = ["Classifier", "classify_uncached", "parse_tree", "resolve_prepared", "statement_texts", "strictest"]
 
 HANDLERS: dict[str, Handler] = {**UTILITY_HANDLERS, **QUERY_HANDLERS}
 MAX_CACHED_TEXT = 65_536  # longer texts (bulk VALUES lists) rarely repeat; they are not kept
@@ -39,6 +39,18 @@ def parse_tree(sql: str) -> dict[str, Any]:
     """pglast's parse of ``sql`` as plain JSON data (raises pglast's ParseError)."""
     tree: dict[str, Any] = json.loads(pglast.parser.parse_sql_json(sql))
     return tree
+
+
+def statement_texts(sql: str, count: int) -> list[str] | None:
+    """The text of each of the ``count`` statements of ``sql``, split as the server splits them; None when
+    the parser cannot split it into exactly that many."""
+    if count == 1:
+        return [sql]
+    try:
+        parts = [sql[piece] for piece in pglast.parser.split(sql, with_parser=True, only_slices=True)]
+    except Exception:  # pglast's ParseError, or text its scanner rejects
+        return None
+    return parts if len(parts) == count else None
 
 
 def classify_uncached(sql: str) -> Classification:
