@@ -93,6 +93,8 @@ class Planner:
         self.catalog = catalog
         self.search_path = search_path
         self._cache: OrderedDict[tuple[str, str], ResultPlan | Refused] = OrderedDict()
+        # Name → relation for this reading and search path (a planner serves one reading: never stale).
+        self._relations: dict[Relation, CatalogRelation | None] = {}
 
     def plan(self, statement: Statement, text: str | None) -> ResultPlan | Refused:
         """The plan for ``statement`` whose own text is ``text`` (None when pgproxy has no text for it)."""
@@ -147,17 +149,26 @@ class Planner:
                 return f"it reads {resolved[0]}.{resolved[1]}, which pgproxy cannot mask: {why}"
         return None
 
+    def _lookup(self, relation: Relation) -> CatalogRelation | None:
+        """The catalog relation a name means for this search path (remembered: every check asks again)."""
+        try:
+            return self._relations[relation]
+        except KeyError:
+            found = self.catalog.snapshot.relation(relation.schema, relation.name, self.search_path)
+            if len(self._relations) >= _PLAN_CACHE_LIMIT:
+                self._relations.clear()
+            self._relations[relation] = found
+            return found
+
     def _resolve(self, relation: Relation) -> tuple[str, str] | None:
-        found = self.catalog.snapshot.relation(relation.schema, relation.name, self.search_path)
-        if found is None:
-            return None
-        return (found.schema, found.name)
+        found = self._lookup(relation)
+        return None if found is None else (found.schema, found.name)
 
     def _masked(self, relations: frozenset[Relation]) -> list[CatalogRelation]:
         masked = self.catalog.masked_relations
         found: list[CatalogRelation] = []
         for relation in relations:
-            resolved = self.catalog.snapshot.relation(relation.schema, relation.name, self.search_path)
+            resolved = self._lookup(relation)
             if resolved is not None and (resolved.schema, resolved.name) in masked:
                 found.append(resolved)
         return found
@@ -220,7 +231,7 @@ class Planner:
     def _tables(self, relations: frozenset[Relation]) -> dict[tuple[str, str], list[tuple[str, str]]]:
         tables: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for relation in relations:
-            found = self.catalog.snapshot.relation(relation.schema, relation.name, self.search_path)
+            found = self._lookup(relation)
             if found is not None:
                 tables[(found.schema, found.name)] = [(c.name, str(c.type_oid)) for c in found.columns]
         return tables
